@@ -1,0 +1,26 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebook import load_definitions  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nb():
+    """The notebook's definitions, executed once per test session."""
+    return load_definitions()
+
+
+@pytest.fixture(scope="session")
+def fashion(nb):
+    """The real Fashion-MNIST as CPU tensors, from FASHION_MNIST_ROOT (default: data/ next to the notebook)."""
+    root = os.environ.get("FASHION_MNIST_ROOT", str(REPO / "data"))
+    train_set = nb.load_fashion_mnist(root, train=True)
+    test_set = nb.load_fashion_mnist(root, train=False)
+    return {"train_set": train_set, "test_set": test_set,
+            "train": nb.to_device_tensors(train_set, "cpu"), "test": nb.to_device_tensors(test_set, "cpu")}
