@@ -56,3 +56,11 @@ def test_definition_cells_have_no_side_effects(committed):
     for cell in code_cells(committed):
         if "definitions" in cell["metadata"].get("tags", []):
             assert cell["outputs"] == [], "".join(cell["source"])[:200]
+
+
+def test_saved_progress_is_plain_text_lines(committed):
+    """Progress bars leave no carriage-return debris in the saved file: GitHub shows what a terminal would."""
+    streams = [o for c in code_cells(committed) for o in c["outputs"] if o["output_type"] == "stream"]
+    assert streams and not any("\r" in "".join(o["text"]) for o in streams)
+    epoch_lines = [line for o in streams for line in "".join(o["text"]).splitlines() if " epoch " in line]
+    assert any(line.startswith("batchnorm epoch 5/5: train loss") for line in epoch_lines)
