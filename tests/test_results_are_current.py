@@ -90,3 +90,19 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
                   seconds["compute_floor_batch_4096"], speed["ratio_b_over_a"], speed["ratio_c_over_a"],
                   speed["ratio_floor_over_a"]):
         assert f"{value:g}" in row, value
+
+
+def test_readme_findings_come_from_the_study_summary(readme):
+    summary = results("study_summary")["summary"]
+    text = re.sub(r"\s+", " ", readme)
+    advantage = summary["batch_advantage_points"]["fixed"]
+    assert f"from {advantage['64']:+.1f} points at batch 64 to {advantage['8']:+.1f} at batch 8" in text
+    pitfall = summary["eval_pitfall_test_acc"]
+    assert (f"scores {100 * pitfall['random order']['1']:.0f} % on single images and "
+            f"{100 * pitfall['sorted by class']['1000']:.0f} % on class-sorted batches of 1,000, against "
+            f"{100 * pitfall['eval mode']:.1f} % in eval mode") in text
+    drift = summary["median_drift"]
+    assert f"(median drift {drift['batchnorm']:.2f} against {drift['baseline']:.1f} starting spreads)" in text
+    smooth = summary["smoothness_medians"]
+    assert (f"(effective β-smoothness {smooth['batchnorm']['beta_smoothness']:.1f} against "
+            f"{smooth['baseline']['beta_smoothness']:.1f})") in text
