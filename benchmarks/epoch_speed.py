@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from notebook import load_definitions  # noqa: E402
+from notebook import data_root, load_definitions  # noqa: E402
 
 
 def timed(make_run, device, repeats):
@@ -48,8 +48,7 @@ def main():
     args = parser.parse_args()
     nb = load_definitions()
     device = nb.pick_device(args.device)
-    root = os.environ.get("FASHION_MNIST_ROOT", str(REPO / "data"))
-    train_set = nb.load_fashion_mnist(root, train=True)
+    train_set = nb.load_fashion_mnist(data_root(), train=True)
     train = nb.to_device_tensors(train_set, device)
     model_class, batch, lr = getattr(nb, args.model), 64, 0.001
 
@@ -72,7 +71,7 @@ def main():
         lrs = torch.full((args.k,), lr, device=device)
         return lambda: nb.stacked_sgd_epoch(pairs[0][0].layers, params, buffers, train, order, batch, lrs)
 
-    def floor():
+    def compute_floor():
         model, _ = nb.make_model(model_class, 0, device)
         def one_pass():  # forward + backward over all 60,000 images at batch 4096: the arithmetic, little else
             for xb, yb in zip(train[0].split(4096), train[1].split(4096)):
@@ -82,7 +81,7 @@ def main():
     a = timed(reference, cpu, args.repeats)
     b = timed(resident, device, args.repeats)
     c = timed(stacked, device, args.repeats)
-    floor = timed(floor, device, args.repeats)
+    floor = timed(compute_floor, device, args.repeats)
 
     report = json.dumps({
         "model": args.model, "batch_size": batch, "k": args.k, "repeats (fastest kept)": args.repeats,

@@ -1,13 +1,11 @@
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebook import load_definitions  # noqa: E402
+from notebook import data_root, load_definitions  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +17,7 @@ def nb():
 @pytest.fixture(scope="session")
 def fashion(nb):
     """The real Fashion-MNIST as CPU tensors, from FASHION_MNIST_ROOT (default: data/ next to the notebook)."""
-    root = os.environ.get("FASHION_MNIST_ROOT", str(REPO / "data"))
-    train_set = nb.load_fashion_mnist(root, train=True)
-    test_set = nb.load_fashion_mnist(root, train=False)
+    train_set = nb.load_fashion_mnist(data_root(), train=True)
+    test_set = nb.load_fashion_mnist(data_root(), train=False)
     return {"train_set": train_set, "test_set": test_set,
             "train": nb.to_device_tensors(train_set, "cpu"), "test": nb.to_device_tensors(test_set, "cpu")}

@@ -1,9 +1,16 @@
 """Load the notebook's own definitions (the code cells tagged `definitions`), so tests never copy them."""
 import json
+import os
 import types
 from pathlib import Path
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "batch_normalization_study.ipynb"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "batch_normalization_study.ipynb"
+
+
+def data_root():
+    """Where the notebook looks for Fashion-MNIST: FASHION_MNIST_ROOT, else data/ next to it."""
+    return os.environ.get("FASHION_MNIST_ROOT", str(REPO / "data"))
 
 
 def load_notebook(path=NOTEBOOK):

@@ -1,8 +1,7 @@
 """The README's test command is the one both CI paths run, character for character."""
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from notebook import REPO
 
 
 def readme_commands():

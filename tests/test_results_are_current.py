@@ -1,14 +1,12 @@
 """The committed notebook, results/*.json and the README tell the same story: none of them is stale."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from notebook import load_notebook
+from notebook import REPO, load_notebook
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 
 
@@ -35,7 +33,8 @@ def saved_tables():
 
 @pytest.fixture(scope="module")
 def readme():
-    return (REPO / "README.md").read_text(encoding="utf-8")
+    """The README with its line breaks folded into spaces, so that a number may wrap anywhere."""
+    return re.sub(r"\s+", " ", (REPO / "README.md").read_text(encoding="utf-8"))
 
 
 def table_with_header(tables, first_cells):
@@ -73,19 +72,19 @@ def test_readme_numbers_come_from_the_results(readme):
         best = int(np.argmax(final.mean(1)))
         expected = f"{model_text} **{final[best].mean():.1f} ± {final[best].std(ddof=1):.1f} %** " \
                    f"(lr {sweep['config']['learning_rates'][best]})"
-        assert re.sub(r"\s+", " ", expected) in re.sub(r"\s+", " ", readme)
+        assert expected in readme
     placement = results("placement_and_alternatives")["runs"]
     for name in ("LayerNorm before ReLU", "BatchNorm after ReLU"):
         assert f"**{mean_std(np.asarray(placement[name]['test_acc'])[:, -1])} %**" in readme
     reference = results("reference_experiment")["runs"]
     finals = [f"{100 * reference[n]['test_acc'][0][-1]:.1f} %" for n in ("baseline", "batchnorm")]
-    assert f"gives\n{finals[0]} and {finals[1]}" in readme or f"gives {finals[0]} and {finals[1]}" in readme
+    assert f"gives {finals[0]} and {finals[1]}" in readme
 
 
 def test_readme_speed_table_is_the_benchmark_output(readme):
     speed = json.loads((RESULTS / "epoch_speed.json").read_text())
     seconds = speed["seconds_per_epoch"]
-    row = next(line for line in readme.splitlines() if line.startswith("| CPU, 2 cores"))
+    row = readme.split("| CPU, 2 cores", 1)[1].split(" | GPU |", 1)[0]
     for value in (seconds["a_dataloader"], seconds["b_resident"], seconds["c_stacked_k_models"],
                   seconds["compute_floor_batch_4096"], speed["ratio_b_over_a"], speed["ratio_c_over_a"],
                   speed["ratio_floor_over_a"]):
@@ -94,15 +93,14 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
 
 def test_readme_findings_come_from_the_study_summary(readme):
     summary = results("study_summary")["summary"]
-    text = re.sub(r"\s+", " ", readme)
     advantage = summary["batch_advantage_points"]["fixed"]
-    assert f"from {advantage['64']:+.1f} points at batch 64 to {advantage['8']:+.1f} at batch 8" in text
+    assert f"from {advantage['64']:+.1f} points at batch 64 to {advantage['8']:+.1f} at batch 8" in readme
     pitfall = summary["eval_pitfall_test_acc"]
     assert (f"scores {100 * pitfall['random order']['1']:.0f} % on single images and "
             f"{100 * pitfall['sorted by class']['1000']:.0f} % on class-sorted batches of 1,000, against "
-            f"{100 * pitfall['eval mode']:.1f} % in eval mode") in text
+            f"{100 * pitfall['eval mode']:.1f} % in eval mode") in readme
     drift = summary["median_drift"]
-    assert f"(median drift {drift['batchnorm']:.2f} against {drift['baseline']:.1f} starting spreads)" in text
+    assert f"(median drift {drift['batchnorm']:.2f} against {drift['baseline']:.1f} starting spreads)" in readme
     smooth = summary["smoothness_medians"]
     assert (f"(effective β-smoothness {smooth['batchnorm']['beta_smoothness']:.1f} against "
-            f"{smooth['baseline']['beta_smoothness']:.1f})") in text
+            f"{smooth['baseline']['beta_smoothness']:.1f})") in readme
