@@ -1,11 +1,15 @@
-"""Time one training epoch three ways, side by side, with the notebook's own definitions; print JSON.
+"""How fast the engine trains, against the textbook loop and against the CPU's own matmul peak; prints one JSON.
 
-(a) the reference loop: DataLoader with per-sample ToTensor, batch 64, one model;
-(b) the same loop over resident tensors (`resident_batches`), one model;
-(c) K models in one stacked pass (`stacked_sgd_epoch`);
-and, for scale, the compute floor: one forward + backward pass over the training set at a large batch.
+Paths, each on the reference BatchNorm model at batch 64 with plain SGD:
+  dataloader  the textbook loop fed by a DataLoader with per-sample ToTensor (the reference recipe), one model;
+  resident    the same loop over tensors already on the device (`resident_batches`), one model;
+  stacked     K models in one pass of the engine (`Stack.train_step`), K in 1, 10, 32, 64, with one shared batch
+              order ("shared": runs of one seed) or one order per model ("own": K seeds).
+FLOPs are counted from the layer shapes: forward and weight gradients of every Linear, input gradients of all
+but the first. The peak is the fastest 2048^3 fp32 matmul measured in the same run.
 
-    FASHION_MNIST_ROOT=../shared/datasets .venv/bin/python benchmarks/epoch_speed.py [--k 10] [--device auto] [--out F]
+    FASHION_MNIST_ROOT=../shared/datasets .venv/bin/python benchmarks/epoch_speed.py [--repeats 5] [--out F]
+    ... --notebook-seconds S   also report the notebook's efficiency: model-epochs x floor / wall time
 """
 import argparse
 import json
@@ -17,88 +21,116 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from notebook import data_root, load_definitions  # noqa: E402
 
+WIDTHS = (784, 64, 32, 10)
 
-def timed(make_run, device, repeats):
-    """Fastest wall-clock seconds of `repeats` runs; make_run() prepares fresh state and returns the run to time."""
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = math.inf
+
+def flops_per_sample(widths=WIDTHS):
+    """Forward (2 m n) and weight gradient (2 m n) of every Linear, input gradient (2 m n) of all but the first."""
+    layers = list(zip(widths, widths[1:]))
+    return sum(4 * m * n for m, n in layers) + sum(2 * m * n for m, n in layers[1:])
+
+
+def fastest(run, repeats, synchronize):
+    """Fastest and slowest wall-clock seconds of `repeats` calls of run() (each prepares its own fresh state)."""
+    times = []
     for _ in range(repeats):
-        run = make_run()
+        go = run()
         synchronize()
         start = time.perf_counter()
-        run()
+        go()
         synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return min(times), max(times)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=10, help="models in the stacked pass (c)")
     parser.add_argument("--device", default="auto", help="as the notebook's DEVICE setting")
-    parser.add_argument("--model", default="FashionNetworkBatchNorm", help="FashionNetwork or FashionNetworkBatchNorm")
-    parser.add_argument("--repeats", type=int, default=3, help="time each way this often and keep the fastest")
-    parser.add_argument("--out", help="also write the JSON to this file (the README's speed table: results/)")
+    parser.add_argument("--ks", default="1,10,32,64", help="stack sizes K to time")
+    parser.add_argument("--repeats", type=int, default=5, help="time each path this often; keep the fastest")
+    parser.add_argument("--steps", type=int, default=150, help="steps timed per stacked run (an epoch is 938)")
+    parser.add_argument("--out", help="also write the JSON here (the README's table reads results/epoch_speed.json)")
+    parser.add_argument("--notebook-seconds", type=float, help="the notebook's wall time, for its efficiency")
     args = parser.parse_args()
     nb = load_definitions()
     device = nb.pick_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     train_set = nb.load_fashion_mnist(data_root(), train=True)
-    train = nb.to_device_tensors(train_set, device)
-    model_class, batch, lr = getattr(nb, args.model), 64, 0.001
+    X, y = nb.to_device_tensors(train_set, device)
+    n, batch, lr = len(X), 64, 0.001
+    steps_per_epoch = math.ceil(n / batch)
+    epoch_flops = flops_per_sample() * n
 
-    cpu = torch.device("cpu")
-    model, g = nb.make_model(model_class, 0, device)
-    nb.train_epoch(model, nb.resident_batches(train, batch, g), lr)  # warm-up: allocator, kernels, caches
+    a = torch.randn(2048, 2048, device=device)
+    peak_seconds = fastest(lambda: (lambda: a @ a), args.repeats * 2, sync)[0]
+    peak = 2 * 2048 ** 3 / peak_seconds / 1e9
 
-    def reference():
-        model, g = nb.make_model(model_class, 0, "cpu")  # the DataLoader yields CPU tensors
-        return lambda: nb.train_epoch(model, nb.dataloader_batches(train_set, batch, g), lr)
+    def entry(path, k, order, seconds, spread):
+        """One timed path: seconds per model-epoch (60,000 images), GFLOP/s, share of peak, speed-up."""
+        per_model_epoch = seconds / k
+        return {"path": path, "k": k, "order": order, "seconds_per_model_epoch": round(per_model_epoch, 4),
+                "spread_seconds_per_model_epoch": round(spread / k, 4),
+                "gflops": round(epoch_flops / per_model_epoch / 1e9, 1),
+                "fraction_of_peak": round(epoch_flops / per_model_epoch / 1e9 / peak, 3)}
 
-    def resident():
-        model, g = nb.make_model(model_class, 0, device)
-        return lambda: nb.train_epoch(model, nb.resident_batches(train, batch, g), lr)
+    def textbook(batches_of):
+        def run():
+            model, g = nb.make_model(nb.FashionNetworkBatchNorm, 0, device if batches_of is not None else "cpu")
+            source = batches_of(g) if batches_of is not None else nb.dataloader_batches(train_set, batch, g)
+            return lambda: nb.train_epoch(model, source, lr)
+        return run
 
-    def stacked():
-        pairs = [nb.make_model(model_class, seed, device) for seed in range(args.k)]
-        params, buffers = nb.stack_models([m for m, _ in pairs])
-        order = torch.stack([nb.epoch_permutation(len(train[0]), g) for _, g in pairs]).to(device)
-        lrs = torch.full((args.k,), lr, device=device)
-        return lambda: nb.stacked_sgd_epoch(pairs[0][0].layers, params, buffers, train, order, batch, lrs)
+    entries = []
+    best, worst = fastest(textbook(None), max(2, args.repeats // 2), lambda: None)
+    entries.append(entry("dataloader", 1, "own", best, worst - best))
+    best, worst = fastest(textbook(lambda g: nb.resident_batches((X, y), batch, g)), args.repeats, sync)
+    entries.append(entry("resident", 1, "own", best, worst - best))
+    for k in [int(v) for v in args.ks.split(",")]:
+        for order in ("shared", "own"):
+            if k == 1 and order == "own":
+                continue
+            seeds = [0] * k if order == "shared" else list(range(k))
 
-    def compute_floor():
-        model, _ = nb.make_model(model_class, 0, device)
-        def one_pass():  # forward + backward over all 60,000 images at batch 4096: the arithmetic, little else
-            for xb, yb in zip(train[0].split(4096), train[1].split(4096)):
-                F.cross_entropy(model(xb), yb).backward()
-        return one_pass
+            def run(seeds=seeds):
+                stack = nb.Stack(nb.Arch(norm="batchnorm"), [nb.Run(s, lr * (1 + i)) for i, s in enumerate(seeds)],
+                                 device)
+                orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))
+                                      for s in stack.seeds]).to(device)
+                batches = list(orders.split(batch, dim=1))[:args.steps + 5]
+                for idx in batches[:5]:  # warm-up: allocator and kernels
+                    stack.train_step(X[idx], y[idx])
+                return lambda: [stack.train_step(X[idx], y[idx]) for idx in batches[5:]]
 
-    a = timed(reference, cpu, args.repeats)
-    b = timed(resident, device, args.repeats)
-    c = timed(stacked, device, args.repeats)
-    floor = timed(compute_floor, device, args.repeats)
-
-    report = json.dumps({
-        "model": args.model, "batch_size": batch, "k": args.k, "repeats (fastest kept)": args.repeats,
-        "seconds_per_epoch": {"a_dataloader": round(a, 3), "b_resident": round(b, 3),
-                              "c_stacked_k_models": round(c, 3), "compute_floor_batch_4096": round(floor, 3)},
-        "model_epochs_per_second": {"a_dataloader": round(1 / a, 2), "b_resident": round(1 / b, 2),
-                                    "c_stacked_k_models": round(args.k / c, 2),
-                                    "compute_floor_batch_4096": round(1 / floor, 2)},
-        "ratio_b_over_a": round(a / b, 1), "ratio_c_over_a": round(a * args.k / c, 1),
-        "ratio_floor_over_a": round(a / floor, 1),
+            best, worst = fastest(run, args.repeats, sync)
+            scale = steps_per_epoch / args.steps  # timed on `steps` steps, reported per 938-step epoch
+            entries.append(entry("stacked", k, order, best * scale, (worst - best) * scale))
+    baseline = entries[0]["seconds_per_model_epoch"]
+    for e in entries:
+        e["ratio_vs_dataloader"] = round(baseline / e["seconds_per_model_epoch"], 1)
+    report = {
+        "model": "FashionNetworkBatchNorm (784-64-32-10), batch 64, plain SGD",
+        "flops_per_model_epoch": epoch_flops, "peak_matmul_gflops": round(peak, 1),
+        "floor_seconds_per_model_epoch": round(epoch_flops / peak / 1e9, 4),
+        "repeats": args.repeats, "timed_steps_per_stacked_run": args.steps, "entries": entries,
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"{device.type}: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"),
         "torch": torch.__version__,
-    }, indent=1)
+    }
+    if args.notebook_seconds:
+        summary = json.loads((REPO / "results" / "study_summary.json").read_text())["summary"]
+        model_epochs = summary["model_epochs_trained"]
+        report["notebook"] = {"wall_seconds": args.notebook_seconds, "model_epochs_trained": model_epochs,
+                              "efficiency": round(model_epochs * report["floor_seconds_per_model_epoch"]
+                                                  / args.notebook_seconds, 3)}
+    text = json.dumps(report, indent=1)
     if args.out:
-        Path(args.out).write_text(report + "\n")
-    print(report)
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from notebook import data_root, load_definitions  # noqa: E402
 
+# nbval re-executes the notebook in a kernel that inherits this environment: its figures and JSON go to a
+# temporary folder, so running the tests leaves the committed results/ (and `git status`) untouched.
+os.environ["BN_STUDY_RESULTS"] = tempfile.mkdtemp(prefix="bn_study_results_")
 
 
 @pytest.fixture(scope="session")

@@ -63,4 +63,20 @@ def test_saved_progress_is_plain_text_lines(committed):
     streams = [o for c in code_cells(committed) for o in c["outputs"] if o["output_type"] == "stream"]
     assert streams and not any("\r" in "".join(o["text"]) for o in streams)
     epoch_lines = [line for o in streams for line in "".join(o["text"]).splitlines() if " epoch " in line]
-    assert any(line.startswith("batchnorm epoch 5/5: train loss") for line in epoch_lines)
+    assert any(re.match(r"batchnorm ×\d+ epoch 5/5: train loss", line) for line in epoch_lines)
+
+
+def test_the_verdict_table_opens_the_notebook(committed):
+    """Under the title: the verdict table, filled in by the last section of the same run, then the contents."""
+    title, table_cell, contents = committed["cells"][:3]
+    assert title["cell_type"] == "markdown" and "".join(title["source"]).startswith("# ")
+    table = "".join(table_cell["outputs"][0]["data"]["text/markdown"])
+    assert table.startswith("| claim | where it comes from | experiment | verdict |")
+    assert len(table.splitlines()) >= 2 + 9, "a row for every claim on trial"
+    assert "".join(contents["source"]).startswith("**Contents.**")
+
+
+def test_cells_stay_short(committed):
+    long = [("".join(c["source"]).splitlines()[0], len(c["source"])) for c in code_cells(committed)
+            if len(c["source"]) > 30]
+    assert not long, long

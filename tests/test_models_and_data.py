@@ -150,3 +150,12 @@ def test_nonsensical_config_is_refused(nb, settings, word):
     with pytest.raises(ValueError, match=word):
         nb.check_config(**settings)
     nb.check_config(batch_size=64, lr=0.001, epochs=5, n_seeds=3)  # the reference settings pass
+
+
+def test_validation_split_is_held_out_from_training(nb, fashion):
+    splits = nb.split_data(fashion["train"], fashion["test"], val_size=10_000, probe_size=1_000)
+    assert len(splits["train"][0]) == 50_000 and len(splits["val"][0]) == 10_000 and len(splits["full"][0]) == 60_000
+    assert torch.equal(torch.cat([splits["train"][0], splits["val"][0]]), fashion["train"][0])  # disjoint, complete
+    assert torch.equal(splits["probe"][0], splits["val"][0][:1000])
+    assert splits["test"] is fashion["test"]
+    assert torch.bincount(splits["val"][1]).min() > 900  # every class is in the validation split
