@@ -94,3 +94,16 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
         row = f"| {e['path']} | {e['k']} | {e['order']} | {e['seconds_per_model_epoch']:g} | {e['gflops']:g} | " \
               f"{100 * e['fraction_of_peak']:.0f} % | {e['ratio_vs_dataloader']:g}× |"
         assert row in readme, row
+
+
+def test_readme_seed_table_is_the_other_seed_runs(readme):
+    """The verdicts of the runs with other seeds, as the README shows them, come from results/verdicts_by_seed.json."""
+    by_seed = results("verdicts_by_seed")
+    committed = results("study_summary")
+    assert by_seed[str(committed["config"]["seed"])] == [
+        {"claim": v["claim"], "verdict": v["verdict"], "key number": v["key number"]}
+        for v in committed["summary"]["verdicts"]]
+    assert len(by_seed) >= 4, "the committed seed and three others"
+    for i, row in enumerate(by_seed[str(committed["config"]["seed"])]):
+        line = f"| {row['claim']} | " + " | ".join(by_seed[s][i]["verdict"] for s in by_seed) + " |"
+        assert line in readme, row["claim"]
