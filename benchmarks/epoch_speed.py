@@ -3,8 +3,8 @@
 Paths, each on the reference BatchNorm model at batch 64 with plain SGD:
   dataloader  the textbook loop fed by a DataLoader with per-sample ToTensor (the reference recipe), one model;
   resident    the same loop over tensors already on the device (`resident_batches`), one model;
-  stacked     K models in one pass of the engine (`Stack.train_step`), K in 1, 10, 32, 64, with one shared batch
-              order ("shared": runs of one seed) or one order per model ("own": K seeds).
+  stacked     K models in one pass of the engine (`run_epoch`, as the notebook trains them), K in 1, 10, 32, 64,
+              with one shared batch order ("shared": runs of one seed) or one order per model ("own": K seeds).
 FLOPs are counted from the layer shapes: forward and weight gradients of every Linear, input gradients of all
 but the first. The peak is the fastest 2048^3 fp32 matmul measured in the same run.
 
@@ -23,10 +23,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from notebook import data_root, load_definitions  # noqa: E402
+sys.path.insert(0, str(REPO))            # the package bnstudy/
+sys.path.insert(0, str(REPO / "tests"))  # the notebook's own definitions: the textbook loop and the tutorial's models
+from study_notebook import data_root, load_definitions  # noqa: E402
+from bnstudy.config import pick_device  # noqa: E402
+from bnstudy.data import epoch_permutation, load_fashion_mnist, resident_batches, to_device_tensors  # noqa: E402
+from bnstudy.engine import Run, Stack, run_epoch  # noqa: E402
+from bnstudy.models import Arch, make_model  # noqa: E402
 
-WIDTHS = (784, 64, 32, 10)
+WIDTHS = (784, *Arch().hidden, 10)   # the tutorial's MLP
 
 
 def flops_per_sample(widths=WIDTHS):
@@ -58,10 +63,10 @@ def main():
     parser.add_argument("--notebook-seconds", type=float, help="the notebook's wall time, for its efficiency")
     args = parser.parse_args()
     nb = load_definitions()
-    device = nb.pick_device(args.device)
+    device = pick_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    train_set = nb.load_fashion_mnist(data_root(), train=True)
-    X, y = nb.to_device_tensors(train_set, device)
+    train_set = load_fashion_mnist(data_root(), train=True)
+    X, y = to_device_tensors(train_set, device)
     n, batch, lr = len(X), 64, 0.001
     steps_per_epoch = math.ceil(n / batch)
     epoch_flops = flops_per_sample() * n
@@ -80,7 +85,7 @@ def main():
 
     def textbook(batches_of):
         def run():
-            model, g = nb.make_model(nb.FashionNetworkBatchNorm, 0, device if batches_of is not None else "cpu")
+            model, g = make_model(nb.FashionNetworkBatchNorm, 0, device if batches_of is not None else "cpu")
             source = batches_of(g) if batches_of is not None else nb.dataloader_batches(train_set, batch, g)
             return lambda: nb.train_epoch(model, source, lr)
         return run
@@ -88,7 +93,7 @@ def main():
     entries = []
     best, worst = fastest(textbook(None), max(2, args.repeats // 2), lambda: None)
     entries.append(entry("dataloader", 1, "own", best, worst - best))
-    best, worst = fastest(textbook(lambda g: nb.resident_batches((X, y), batch, g)), args.repeats, sync)
+    best, worst = fastest(textbook(lambda g: resident_batches((X, y), batch, g)), args.repeats, sync)
     entries.append(entry("resident", 1, "own", best, worst - best))
     for k in [int(v) for v in args.ks.split(",")]:
         for order in ("shared", "own"):
@@ -97,14 +102,13 @@ def main():
             seeds = [0] * k if order == "shared" else list(range(k))
 
             def run(seeds=seeds):
-                stack = nb.Stack(nb.Arch(norm="batchnorm"), [nb.Run(s, lr * (1 + i)) for i, s in enumerate(seeds)],
-                                 device)
-                orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))
+                """The engine's own epoch loop (run_epoch, as train_runs calls it) over `steps` batches."""
+                stack = Stack(Arch(norm="batchnorm"), [Run(s, lr * (1 + i)) for i, s in enumerate(seeds)], device)
+                orders = torch.stack([epoch_permutation(n, torch.Generator().manual_seed(s))
                                       for s in stack.seeds]).to(device)
-                batches = list(orders.split(batch, dim=1))[:args.steps + 5]
-                for idx in batches[:5]:  # warm-up: allocator and kernels
-                    stack.train_step(X[idx], y[idx])
-                return lambda: [stack.train_step(X[idx], y[idx]) for idx in batches[5:]]
+                run_epoch(stack, (X, y), orders[:, :5 * batch], batch)   # warm-up: allocator and kernels
+                timed = orders[:, 5 * batch:(5 + args.steps) * batch]
+                return lambda: run_epoch(stack, (X, y), timed, batch)
 
             best, worst = fastest(run, args.repeats, sync)
             scale = steps_per_epoch / args.steps  # timed on `steps` steps, reported per 938-step epoch

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebook import data_root, load_definitions  # noqa: E402
+from study_notebook import REPO, data_root, load_definitions  # noqa: E402
+
+sys.path.insert(0, str(REPO))  # the package bnstudy/ beside the notebook, as the notebook's kernel finds it
+from bnstudy.data import load_fashion_mnist, to_device_tensors  # noqa: E402
 
 # nbval re-executes the notebook in a kernel that inherits this environment: its figures and JSON go to a
 # temporary folder, so running the tests leaves the committed results/ (and `git status`) untouched.
@@ -15,14 +18,15 @@ os.environ["BN_STUDY_RESULTS"] = tempfile.mkdtemp(prefix="bn_study_results_")
 
 @pytest.fixture(scope="session")
 def nb():
-    """The notebook's definitions, executed once per test session."""
+    """The notebook's own definitions (the tutorial's models, the textbook loop, BatchNorm from scratch), executed once
+    per test session; everything else the tests import from the package."""
     return load_definitions()
 
 
 @pytest.fixture(scope="session")
-def fashion(nb):
+def fashion():
     """The real Fashion-MNIST as CPU tensors, from FASHION_MNIST_ROOT (default: data/ next to the notebook)."""
-    train_set = nb.load_fashion_mnist(data_root(), train=True)
-    test_set = nb.load_fashion_mnist(data_root(), train=False)
+    train_set = load_fashion_mnist(data_root(), train=True)
+    test_set = load_fashion_mnist(data_root(), train=False)
     return {"train_set": train_set, "test_set": test_set,
-            "train": nb.to_device_tensors(train_set, "cpu"), "test": nb.to_device_tensors(test_set, "cpu")}
+            "train": to_device_tensors(train_set, "cpu"), "test": to_device_tensors(test_set, "cpu")}

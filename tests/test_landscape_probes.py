@@ -1,7 +1,11 @@
-"""Section 9's probes of trained models: checkpoints, the BatchNorm twin, curvature and gradient-shift measures."""
+"""Section 7's probes of trained models: checkpoints, the BatchNorm twin, curvature and gradient-shift measures."""
 import pytest
 import torch
 import torch.nn.functional as F
+
+from bnstudy.engine import Run, Stack, train_runs
+from bnstudy.models import Arch
+from bnstudy.probes import batchnorm_twin, covariate_shift_of_gradients, gradient_along_step, hessian_top_eigenvalue
 
 
 def small_data(seed=0, n=256, dtype=torch.float64):
@@ -10,21 +14,21 @@ def small_data(seed=0, n=256, dtype=torch.float64):
 
 
 @pytest.fixture(scope="module")
-def trained(nb):
+def trained():
     """Two seeds × two rates of the baseline and of BatchNorm, float64, with checkpoints at steps 0, 2 and 4."""
     X, y = small_data()
-    runs = [nb.Run(s, lr) for s in (3, 4) for lr in (0.05, 0.2)]
-    return {norm: nb.train_runs(nb.Arch(norm=norm), runs, {"train": (X, y), "test": (X, y)}, 1, 64, log=False,
+    runs = [Run(s, lr) for s in (3, 4) for lr in (0.05, 0.2)]
+    return {norm: train_runs(Arch(norm=norm), runs, {"train": (X, y), "test": (X, y)}, 1, 64, log=False,
                                 dtype=torch.float64, snapshot_at={0, 2, 4})[0] for norm in ("none", "batchnorm")}
 
 
-def test_checkpoints_are_frozen_copies(nb, trained):
+def test_checkpoints_are_frozen_copies(trained):
     stack = trained["batchnorm"]
     assert sorted(stack.snapshots) == [0, 2, 4]  # 4 is the last step: saved after training
     final = stack.snapshots[4]
     for mine, theirs in zip(final.W + final.b + final.gamma + final.beta, stack.W + stack.b + stack.gamma + stack.beta):
         assert torch.equal(mine.reshape(-1), theirs.detach().reshape(-1)) and mine.data_ptr() != theirs.data_ptr()
-    untrained = nb.Stack(nb.Arch(norm="batchnorm"), stack.runs, "cpu", torch.float64)
+    untrained = Stack(Arch(norm="batchnorm"), stack.runs, "cpu", torch.float64)
     assert all(torch.equal(a.reshape(-1), b.detach().reshape(-1)) for a, b in zip(stack.snapshots[0].W, untrained.W))
     part = final.snapshot(final.positions(lambda run: run.lr == 0.2))     # the runs at one lr, seed by seed
     assert [r.lr for r in part.runs] == [0.2, 0.2] and [r.seed for r in part.runs] == [3, 4]
@@ -33,25 +37,24 @@ def test_checkpoints_are_frozen_copies(nb, trained):
         torch.testing.assert_close(part.batch_loss(X, y), final.batch_loss(X, y)[[1, 3]])
 
 
-def test_batchnorm_twin_computes_the_same_function_on_its_batch(nb, trained):
+def test_batchnorm_twin_computes_the_same_function_on_its_batch(trained):
     base = trained["none"].snapshots[4]
     X, y = small_data(2, 128)
-    twin = base.batchnorm_twin(X)
+    twin = batchnorm_twin(base, X)
     with torch.no_grad():
         torch.testing.assert_close(twin.batch_loss(X, y), base.batch_loss(X, y), rtol=1e-12, atol=1e-12)
         other = small_data(3, 128)
         assert (twin.batch_loss(*other) - base.batch_loss(*other)).abs().max() > 1e-6  # its own statistics elsewhere
     with pytest.raises(ValueError):
-        trained["batchnorm"].batchnorm_twin(X)
+        batchnorm_twin(trained["batchnorm"], X)
 
 
 @pytest.mark.parametrize("step", [0, 4])   # at init BatchNorm's eigenvalue of largest magnitude can be negative
-def test_lanczos_finds_the_top_eigenvalue_of_the_exact_hessian(nb, trained, step):
+def test_lanczos_finds_the_top_eigenvalue_of_the_exact_hessian(trained, step):
     model = trained["batchnorm"].snapshots[step].snapshot()
     X, y = small_data(4, 200)
-    params = model.probe_parameters()
-    last = [model.W[-1], model.b[-1]]   # the output layer: small enough for an exact Hessian (330 per model)
-    found = nb.hessian_top_eigenvalue(model, last, (X, y), iterations=120, seed=0)
+    last = [p.requires_grad_() for p in (model.W[-1], model.b[-1])]   # the output layer: an exact Hessian is 330²
+    found = hessian_top_eigenvalue(model, last, (X, y), iterations=120, seed=0)
     grads = torch.autograd.grad(model.batch_loss(X, y).sum(), last, create_graph=True)
     flat = torch.cat([g.reshape(model.K, -1) for g in grads], 1)                 # [K, 330]
     rows = [torch.cat([h.reshape(model.K, -1) for h in torch.autograd.grad(flat[:, j].sum(), last, retain_graph=True)], 1)
@@ -59,26 +62,25 @@ def test_lanczos_finds_the_top_eigenvalue_of_the_exact_hessian(nb, trained, step
     hessians = torch.stack(rows, 1)                                              # [K, 330, 330], one per model
     top = torch.linalg.eigvalsh(hessians)[:, -1]            # the largest, not the largest in magnitude
     torch.testing.assert_close(found, top, rtol=1e-6, atol=1e-9)
-    assert len(params) == 2 * len(model.W) + 2 * len(model.gamma)
 
 
-def test_probes_leave_the_checkpoint_where_it_was(nb, trained):
+def test_probes_leave_the_checkpoint_where_it_was(trained):
     model = trained["batchnorm"].snapshots[4].snapshot()
     before = [p.detach().clone() for p in model.W + model.b + model.gamma + model.beta]
     X, y = small_data(5, 128)
-    grad_norm, change, beta = nb.gradient_along_step(model, model.probe_parameters(), (X, y), (0.5, 1, 2))
-    relative, cosine = nb.covariate_shift_of_gradients(model, (X, y))
+    grad_norm, change, beta = gradient_along_step(model, model.probe_parameters(), (X, y), (0.5, 1, 2))
+    relative, cosine = covariate_shift_of_gradients(model, (X, y))
     after = model.W + model.b + model.gamma + model.beta
     assert all(torch.allclose(a, b, rtol=0, atol=1e-15) for a, b in zip(after, before))
     assert change.shape == beta.shape == (4, 3) and relative.shape == cosine.shape == (4, 2)
     assert (grad_norm > 0).all() and (cosine <= 1 + 1e-12).all()
 
 
-def test_covariate_shift_measure_against_the_textbook_module(nb, trained):
+def test_covariate_shift_measure_against_the_textbook_module(trained):
     """Santurkar et al.'s measure for one model, recomputed on its nn.Module with plain autograd."""
     stack = trained["batchnorm"].snapshots[4]
     X, y = small_data(6, 128)
-    relative, cosine = nb.covariate_shift_of_gradients(stack.snapshot(), (X, y))
+    relative, cosine = covariate_shift_of_gradients(stack.snapshot(), (X, y))
     for k in range(stack.K):
         module = stack.snapshot().to_modules()[k].train()
         lr = stack.runs[k].lr

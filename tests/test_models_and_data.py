@@ -1,8 +1,12 @@
-"""The notebook's models, data loading and settings, tested through its own definitions."""
+"""The models (the notebook's and the package's) and data loading."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+import bnstudy.data
+from bnstudy.data import DataError, load_fashion_mnist, split_data
+from bnstudy.models import MLP, Arch, count_parameters, make_model, max_state_difference
 
 
 def layer_types(model):
@@ -24,8 +28,19 @@ def test_batchnorm_sits_after_each_hidden_linear_before_its_relu(nb):
 
 
 def test_parameter_counts(nb):
-    assert nb.count_parameters(nb.FashionNetwork()) == 52_650
-    assert nb.count_parameters(nb.FashionNetworkBatchNorm()) == 52_842
+    assert count_parameters(nb.FashionNetwork()) == 52_650
+    assert count_parameters(nb.FashionNetworkBatchNorm()) == 52_842
+
+
+@pytest.mark.parametrize("norm, name", [("none", "FashionNetwork"), ("batchnorm", "FashionNetworkBatchNorm")])
+def test_the_packages_mlp_is_the_notebooks_tutorial_model(nb, norm, name):
+    """bnstudy's MLP and the tutorial's model as the notebook writes it out: the same function from the same seed."""
+    ours, _ = make_model(lambda: MLP(Arch(norm=norm)), 5, "cpu")
+    tutorial, _ = make_model(getattr(nb, name), 5, "cpu")
+    assert max_state_difference(ours, tutorial) == 0
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    for training in (True, False):
+        assert torch.equal(ours.train(training)(x), tutorial.train(training)(x))
 
 
 def test_models_hold_no_loss_or_optimizer(nb):
@@ -35,17 +50,17 @@ def test_models_hold_no_loss_or_optimizer(nb):
 
 
 def test_same_seed_same_initial_weights_and_linears_shared_between_models(nb):
-    a, _ = nb.make_model(nb.FashionNetworkBatchNorm, 7, "cpu")
-    b, _ = nb.make_model(nb.FashionNetworkBatchNorm, 7, "cpu")
-    c, _ = nb.make_model(nb.FashionNetwork, 7, "cpu")
-    d, _ = nb.make_model(nb.FashionNetwork, 8, "cpu")
+    a, _ = make_model(nb.FashionNetworkBatchNorm, 7, "cpu")
+    b, _ = make_model(nb.FashionNetworkBatchNorm, 7, "cpu")
+    c, _ = make_model(nb.FashionNetwork, 7, "cpu")
+    d, _ = make_model(nb.FashionNetwork, 8, "cpu")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     linears = lambda m: [l.weight for l in m.layers if isinstance(l, nn.Linear)]  # noqa: E731
     assert all(torch.equal(x, y) for x, y in zip(linears(a), linears(c)))
     assert not torch.equal(linears(c)[0], linears(d)[0])
 
 
-def test_data_scaled_like_totensor(nb, fashion):
+def test_data_scaled_like_totensor(fashion):
     X, y = fashion["train"]
     assert X.shape == (60_000, 784) and y.shape == (60_000,) and X.dtype == torch.float32
     for i in (0, 123, 59_999):
@@ -71,89 +86,54 @@ def tiny_root(tmp_path):
     return tmp_path
 
 
-def test_loads_a_valid_idx_set(nb, tiny_root):
-    dataset = nb.load_fashion_mnist(tiny_root, train=True, download=False)
+def test_loads_a_valid_idx_set(tiny_root):
+    dataset = load_fashion_mnist(tiny_root, train=True, download=False)
     assert len(dataset) == 5 and dataset.targets.tolist() == [0, 1, 2, 3, 4]
-    assert len(nb.load_fashion_mnist(tiny_root, train=False, download=False)) == 3
+    assert len(load_fashion_mnist(tiny_root, train=False, download=False)) == 3
 
 
-def test_a_missing_test_file_is_named(nb, tiny_root):
+def test_a_missing_test_file_is_named(tiny_root):
     (tiny_root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(nb.DataError, match="looked for t10k-labels-idx1-ubyte in"):
-        nb.load_fashion_mnist(tiny_root, train=True, download=False)
+    with pytest.raises(DataError, match="looked for t10k-labels-idx1-ubyte in"):
+        load_fashion_mnist(tiny_root, train=True, download=False)
 
 
 @pytest.mark.parametrize("root_kind", ["missing", "empty"])
-def test_missing_data_says_where_it_looked_and_what_to_set(nb, tmp_path, root_kind, monkeypatch):
+def test_missing_data_says_where_it_looked_and_what_to_set(tmp_path, root_kind, monkeypatch):
     root = tmp_path / "nowhere" if root_kind == "missing" else tmp_path
     def offline(*args, **kwargs):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
-    monkeypatch.setattr(nb.torchvision.datasets, "FashionMNIST", offline)
-    with pytest.raises(nb.DataError) as info:
-        nb.load_fashion_mnist(root, train=True)
+    monkeypatch.setattr(bnstudy.data.torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(root, train=True)
     message = str(info.value)
     assert str(root / "FashionMNIST" / "raw") in message and "FASHION_MNIST_ROOT" in message
     assert "download failed" in message
     assert info.value._render_traceback_() == [f"DataError: {message}"]  # Jupyter shows this line, no traceback
 
 
-def test_truncated_images_file(nb, tiny_root):
+def test_truncated_images_file(tiny_root):
     images = tiny_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
-    with pytest.raises(nb.DataError, match="truncated or corrupt"):
-        nb.load_fashion_mnist(tiny_root, train=True, download=False)
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_fashion_mnist(tiny_root, train=True, download=False)
 
 
-def test_bad_header(nb, tiny_root):
+def test_bad_header(tiny_root):
     labels = tiny_root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.write_bytes(b"PK\x03\x04 not an idx file")
-    with pytest.raises(nb.DataError, match="bad header"):
-        nb.load_fashion_mnist(tiny_root, train=True, download=False)
+    with pytest.raises(DataError, match="bad header"):
+        load_fashion_mnist(tiny_root, train=True, download=False)
 
 
-def test_images_and_labels_of_different_length(nb, tiny_root):
+def test_images_and_labels_of_different_length(tiny_root):
     write_idx(tiny_root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", [0, 1, 2])
-    with pytest.raises(nb.DataError, match="5 images but .* 3 labels"):
-        nb.load_fashion_mnist(tiny_root, train=True, download=False)
+    with pytest.raises(DataError, match="5 images but .* 3 labels"):
+        load_fashion_mnist(tiny_root, train=True, download=False)
 
 
-def test_device_auto_prefers_cuda_then_mps_then_cpu(nb, monkeypatch):
-    for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-        assert nb.pick_device("auto").type == expected
-
-
-def test_absent_cuda_falls_back_to_cpu_with_one_note(nb, monkeypatch, capsys):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert nb.pick_device("cuda") == torch.device("cpu")
-    assert nb.pick_device("cuda:1") == torch.device("cpu")
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all("falling back to the CPU" in line for line in lines)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert nb.pick_device("cuda:1") == torch.device("cuda:1")
-
-
-def test_unknown_device_is_refused(nb):
-    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
-        nb.pick_device("tpu")
-
-
-@pytest.mark.parametrize("settings, word", [
-    (dict(batch_size=0, lr=0.001, epochs=5, n_seeds=3), "BATCH_SIZE"),
-    (dict(batch_size=64, lr=-0.1, epochs=5, n_seeds=3), "LR"),
-    (dict(batch_size=64, lr=float("nan"), epochs=5, n_seeds=3), "LR"),
-    (dict(batch_size=64, lr=0.001, epochs=0, n_seeds=3), "EPOCHS"),
-    (dict(batch_size=64, lr=0.001, epochs=5, n_seeds=0), "N_SEEDS"),
-])
-def test_nonsensical_config_is_refused(nb, settings, word):
-    with pytest.raises(ValueError, match=word):
-        nb.check_config(**settings)
-    nb.check_config(batch_size=64, lr=0.001, epochs=5, n_seeds=3)  # the reference settings pass
-
-
-def test_validation_split_is_held_out_from_training(nb, fashion):
-    splits = nb.split_data(fashion["train"], fashion["test"], val_size=10_000, probe_size=1_000)
+def test_validation_split_is_held_out_from_training(fashion):
+    splits = split_data(fashion["train"], fashion["test"], val_size=10_000, probe_size=1_000)
     assert len(splits["train"][0]) == 50_000 and len(splits["val"][0]) == 10_000 and len(splits["full"][0]) == 60_000
     assert torch.equal(torch.cat([splits["train"][0], splits["val"][0]]), fashion["train"][0])  # disjoint, complete
     assert torch.equal(splits["probe"][0], splits["val"][0][:1000])

@@ -5,7 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from notebook import REPO, load_notebook
+from study_notebook import REPO, load_notebook
+from bnstudy.stats import fmt_ci
 
 RESULTS = REPO / "results"
 
@@ -43,7 +44,7 @@ def verdict_line(row):
 
 def test_saved_reference_table_matches_results_json(saved_tables):
     runs = results("reference_experiment")["runs"]
-    table = table_with_header(saved_tables, ["model", "epoch", "train loss"])
+    table = next(t for t in saved_tables if t[0][0].startswith("one run: seed") and t[0][1:3] == ["epoch", "train loss"])
     labels = {"baseline": "baseline", "BatchNorm": "batchnorm"}
     rows = [r for r in table[2:] if r[0] in labels]
     assert len(rows) == 2 * len(runs["baseline"]["test_acc"][0])
@@ -53,12 +54,12 @@ def test_saved_reference_table_matches_results_json(saved_tables):
         assert float(train_loss) == pytest.approx(run["train_loss"][0][e], abs=0.0006)
 
 
-def test_saved_variance_table_matches_results_json(nb, saved_tables):
+def test_saved_variance_table_matches_results_json(saved_tables):
     runs = results("variance_over_seeds")["runs"]
     table = table_with_header(saved_tables, ["test accuracy (%), mean ± 95 % CI", "epoch 1"])
     for row, name in zip(table[2:], ("baseline", "batchnorm")):
         acc = 100 * np.asarray(runs[name]["test_acc"])
-        assert row[1:1 + acc.shape[1]] == [nb.fmt_ci(acc[:, e]) for e in range(acc.shape[1])]
+        assert row[1:1 + acc.shape[1]] == [fmt_ci(acc[:, e]) for e in range(acc.shape[1])]
 
 
 def test_the_notebooks_verdict_table_is_the_summarys(saved_tables):
@@ -68,23 +69,37 @@ def test_the_notebooks_verdict_table_is_the_summarys(saved_tables):
     assert [r[3] for r in table[2:]] == [v["verdict"] for v in verdicts]
 
 
-def test_readme_opens_with_the_verdict_table_of_the_run(readme):
-    verdicts = results("study_summary")["summary"]["verdicts"]
-    assert len(verdicts) >= 9
-    first_table = readme.index("| claim | where it comes from |")
-    assert first_table < readme.index("## Quickstart")
-    for row in verdicts:
+def compact_line(row):
+    return (f"| {row['claim']} | {row['short verdict']} | {row['headline']} | "
+            f"[{row['section']}](batch_normalization_study.ipynb#{row['anchor']}) |")
+
+
+def test_readme_answers_first_from_the_run(readme):
+    """Before the Quickstart: at most 600 words, the hero figure, the run's five takeaways and its compact table."""
+    summary = results("study_summary")["summary"]
+    first_screen = readme[: readme.index("## Quickstart")]
+    words = [w for w in re.split(r"[\s|]+", re.sub(r"\]\([^)]*\)", "]", first_screen))  # link targets are no words
+             if re.search(r"[A-Za-z0-9]", w)]                                          # nor are ±, × and |
+    assert len(words) <= 600
+    assert "![" in first_screen and "results/hero.png" in first_screen
+    assert len(summary["takeaways"]) == 5
+    for takeaway in summary["takeaways"]:
+        assert takeaway in first_screen, takeaway
+    assert len(summary["verdicts"]) >= 9
+    for row in summary["verdicts"]:
+        assert compact_line(row) in first_screen, row["claim"]
+
+
+def test_readme_full_verdict_table_is_the_runs(readme):
+    for row in results("study_summary")["summary"]["verdicts"]:
         assert verdict_line(row) in readme, row["claim"]
 
 
-def test_readme_band_comes_from_the_results(nb, readme):
+def test_readme_band_comes_from_the_results(readme):
     runs = results("variance_over_seeds")["runs"]
     for name in ("baseline", "batchnorm"):
         acc = 100 * np.asarray(runs[name]["test_acc"])
-        assert " | ".join(nb.fmt_ci(acc[:, e]) for e in range(acc.shape[1])) in readme, name
-    reference = results("reference_experiment")["runs"]
-    finals = [f"{100 * reference[n]['test_acc'][0][-1]:.1f} %" for n in ("baseline", "batchnorm")]
-    assert f"gives {finals[0]} and {finals[1]}" in readme
+        assert " | ".join(fmt_ci(acc[:, e]) for e in range(acc.shape[1])) in readme, name
 
 
 def test_readme_speed_table_is_the_benchmark_output(readme):
@@ -94,6 +109,9 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
         row = f"| {e['path']} | {e['k']} | {e['order']} | {e['seconds_per_model_epoch']:g} | {e['gflops']:g} | " \
               f"{100 * e['fraction_of_peak']:.0f} % | {e['ratio_vs_dataloader']:g}× |"
         assert row in readme, row
+    notebook = speed["notebook"]
+    assert (f"trained {notebook['model_epochs_trained']:,.0f} model-epochs in {notebook['wall_seconds']:.0f} s" in readme
+            and f"{100 * notebook['efficiency']:.0f} % of what the matmul peak alone would allow" in readme)
 
 
 def test_readme_seed_table_is_the_other_seed_runs(readme):
@@ -107,3 +125,6 @@ def test_readme_seed_table_is_the_other_seed_runs(readme):
     for i, row in enumerate(by_seed[str(committed["config"]["seed"])]):
         line = f"| {row['claim']} | " + " | ".join(by_seed[s][i]["verdict"] for s in by_seed) + " |"
         assert line in readme, row["claim"]
+    rows = by_seed[str(committed["config"]["seed"])]
+    agree = sum(len({by_seed[s][i]["verdict"] for s in by_seed}) == 1 for i in range(len(rows)))
+    assert f"the same verdict on {agree} of {len(rows)} rows" in readme

@@ -1,8 +1,13 @@
-"""The study's own methods (sections 7-12): from-scratch BatchNorm, sweeps, probes, variants."""
+"""The study's own methods: from-scratch BatchNorm (section 1), sweeps and probes (3-6), the BatchNorm variants."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from bnstudy.engine import Run, Stack, best_rate, by_rate, grid_runs, train_runs
+from bnstudy.models import Arch, FrozenBatchNorm1d, GhostBatchNorm1d, MLP, NoisyBatchNorm1d, make_model
+from bnstudy.probes import dead_fraction, diverged, failed, steps_to_reach
+from bnstudy.stats import fmt_ci, mean_ci, t_quantile
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -57,7 +62,7 @@ def test_batch_norm_on_stacked_models_is_per_model_batchnorm(nb):
 
 
 def test_batch_statistics_forward_is_train_mode_without_side_effects(nb):
-    model, _ = nb.make_model(nb.FashionNetworkBatchNorm, 0, "cpu")
+    model, _ = make_model(nb.FashionNetworkBatchNorm, 0, "cpu")
     x = torch.rand(32, 784, generator=torch.Generator().manual_seed(0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = nb.forward_with_batch_statistics(model, x)
@@ -68,7 +73,7 @@ def test_batch_statistics_forward_is_train_mode_without_side_effects(nb):
 
 
 def test_accuracy_with_batch_statistics(nb, fashion):
-    stack, _ = nb.train_runs(nb.Arch(norm="batchnorm"), [nb.Run(0, 0.05)],
+    stack, _ = train_runs(Arch(norm="batchnorm"), [Run(0, 0.05)],
                              {"train": tuple(t[:4096] for t in fashion["train"]), "test": fashion["test"]}, 1, log=False)
     model = stack.to_modules()[0]
     X, y = (t[:2000] for t in fashion["test"])
@@ -87,57 +92,57 @@ def test_accuracy_with_batch_statistics(nb, fashion):
     assert nb.accuracy_with_batch_statistics(model, (X, y), 64, shuffled) == pytest.approx(loop)
 
 
-def test_t_quantile_and_confidence_interval(nb):
+def test_t_quantile_and_confidence_interval():
     # Student's t table: 12.706 (1 dof), 2.776 (4), 2.045 (29); the normal limit 1.960
     for dof, expected in ((1, 12.706), (4, 2.776), (29, 2.045), (10_000, 1.960)):
-        assert nb.t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-3)
-    mean, half = nb.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+        assert t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-3)
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0 and half == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5), rel=1e-3)
-    assert nb.fmt_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == "3.0 ± 2.0"
+    assert fmt_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == "3.0 ± 2.0"
 
 
-def test_grid_runs_and_by_rate_round_trip(nb):
-    runs = nb.grid_runs([1, 2], [0.1, 0.2, 0.3], dropout=0.5)
+def test_grid_runs_and_by_rate_round_trip():
+    runs = grid_runs([1, 2], [0.1, 0.2, 0.3], dropout=0.5)
     assert [(r.seed, r.lr) for r in runs] == [(1, 0.1), (1, 0.2), (1, 0.3), (2, 0.1), (2, 0.2), (2, 0.3)]
     assert all(r.dropout == 0.5 for r in runs)
     history = {"test_acc": np.array([[10], [20], [30], [11], [21], [31]]), "curve_steps": np.arange(3)}
-    shaped = nb.by_rate(history, 3)
+    shaped = by_rate(history, 3)
     assert shaped["test_acc"][:, :, 0].tolist() == [[10, 11], [20, 21], [30, 31]]  # [rates, seeds]
     assert shaped["curve_steps"].tolist() == [0, 1, 2]
-    assert nb.best_rate({"val_acc": np.array([[[0.5], [0.6]], [[0.8], [0.7]], [[np.nan], [0.9]]])}) == 1
+    assert best_rate({"val_acc": np.array([[[0.5], [0.6]], [[0.8], [0.7]], [[np.nan], [0.9]]])}) == 1
 
 
-def test_divergence_collapse_and_steps_to_reach(nb):
+def test_divergence_collapse_and_steps_to_reach():
     sweep = {"train_loss": np.array([[2.0, 1.0], [2.5, 1.0], [np.nan, 1.0], [2.2, 2.2]]),
              "initial_loss": np.array([2.3, 2.3, 2.3, 2.3]), "dead": np.array([0.0, 0.1, 0.0, 0.9])}
-    assert nb.diverged(sweep).tolist() == [False, True, True, False]   # a spike above the start counts
-    assert nb.failed(sweep).tolist() == [False, True, True, True]      # and so does a collapse to dead units
+    assert diverged(sweep).tolist() == [False, True, True, False]   # a spike above the start counts
+    assert failed(sweep).tolist() == [False, True, True, True]      # and so does a collapse to dead units
     curve = {"curve_acc": np.array([[[0.1, 0.5, 0.9, 0.95], [0.1, 0.2, 0.3, 0.4]]]), "curve_steps": np.array([0, 10, 20, 30])}
-    steps = nb.steps_to_reach(curve, 0, 0.85)
+    steps = steps_to_reach(curve, 0, 0.85)
     assert steps[0] == 20 and np.isnan(steps[1])
 
 
-def test_dead_fraction_counts_units_that_never_fire(nb):
-    stack = nb.Stack(nb.Arch(hidden=(4, 2)), [nb.Run(1)], "cpu")
+def test_dead_fraction_counts_units_that_never_fire():
+    stack = Stack(Arch(hidden=(4, 2)), [Run(1)], "cpu")
     with torch.no_grad():
         stack.W[0].zero_(), stack.b[0].copy_(torch.tensor([1.0, -1.0, -1.0, -1.0]).view(1, 4, 1))
         stack.W[1].zero_(), stack.b[1].copy_(torch.tensor([-1.0, 1.0]).view(1, 2, 1))
-    assert nb.dead_fraction(stack, torch.rand(10, 784)).tolist() == [pytest.approx(4 / 6)]
+    assert dead_fraction(stack, torch.rand(10, 784)).tolist() == [pytest.approx(4 / 6)]
 
 
-def test_modules_of_the_variants(nb):
+def test_modules_of_the_variants():
     x = torch.randn(48, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
-    ghost, plain = nb.GhostBatchNorm1d(6, ghost=48).double(), torch.nn.BatchNorm1d(6).double()
+    ghost, plain = GhostBatchNorm1d(6, ghost=48).double(), torch.nn.BatchNorm1d(6).double()
     torch.testing.assert_close(ghost(x), plain(x))                   # one group of the whole batch: BatchNorm
     torch.testing.assert_close(ghost.running_var, plain.running_var)
-    small = nb.GhostBatchNorm1d(6, ghost=8).double()(x).view(6, 8, 6)
+    small = GhostBatchNorm1d(6, ghost=8).double()(x).view(6, 8, 6)
     torch.testing.assert_close(small.mean(1), torch.zeros(6, 6, dtype=torch.float64))  # each group normalised
-    frozen = nb.FrozenBatchNorm1d(6).double()
+    frozen = FrozenBatchNorm1d(6).double()
     first = frozen(x)
     torch.testing.assert_close(first.mean(0), torch.zeros(6, dtype=torch.float64))
     scale = torch.sqrt(x.var(0, unbiased=False) + 1e-5)
     torch.testing.assert_close(frozen(2 * x), 2 * first + x.mean(0) / scale)  # statistics of the first batch, kept
-    noisy = nb.NoisyBatchNorm1d(6, level=1.0, stream=0).double()
+    noisy = NoisyBatchNorm1d(6, level=1.0, stream=0).double()
     outs = []
     for step in range(2):
         noisy.seed, noisy.step = 1, step
@@ -148,10 +153,10 @@ def test_modules_of_the_variants(nb):
 
 
 def test_he_init_and_init_scale(nb):
-    he, _ = nb.make_model(lambda: nb.MLP(nb.Arch(hidden=(512,))), 0, "cpu", he_init=True)
+    he, _ = make_model(lambda: MLP(Arch(hidden=(512,))), 0, "cpu", he_init=True)
     assert he.layers[0].weight.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.02)
     assert he.layers[0].bias.abs().max() == 0
-    base, _ = nb.make_model(nb.FashionNetwork, 3, "cpu")
-    scaled, _ = nb.make_model(nb.FashionNetwork, 3, "cpu", init_scale=10.0)
+    base, _ = make_model(nb.FashionNetwork, 3, "cpu")
+    scaled, _ = make_model(nb.FashionNetwork, 3, "cpu", init_scale=10.0)
     for a, b in zip(base.state_dict().values(), scaled.state_dict().values()):
         torch.testing.assert_close(10 * a, b)

@@ -1,0 +1,164 @@
+"""Measurements on trained (or initial) models: failures, dead units, speed to a target, gradients and curvature.
+
+The landscape probes work on a `Stack` or a snapshot of one, for all its K models at once: the models share no
+parameter, so one Hessian-vector product of their summed losses serves all K.
+"""
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import BN_EPS, MLP, make_model
+
+
+def diverged(sweep):
+    """Runs whose training loss, averaged over any epoch, was not finite or above the loss they started from."""
+    loss = sweep["train_loss"]
+    return ~np.isfinite(loss).all(-1) | (np.nan_to_num(loss, nan=np.inf).max(-1) > sweep["initial_loss"])
+
+
+def failed(sweep):
+    """Runs that diverged, or collapsed: more than half their hidden units dead (never firing) at the end."""
+    return diverged(sweep) | (sweep["dead"] > 0.5)
+
+
+def dead_fraction(stack, X):
+    """Per run: the share of hidden units whose ReLU input is <= 0 for every image in X (units that never fire)."""
+    captured = []
+    with torch.no_grad():
+        stack.hidden_and_output(stack.first_layer(X), training=False, relu_inputs=captured)
+    return stack.per_run(torch.cat([(h <= 0).all(2) for h in captured], 1).double().mean(1))
+
+
+def steps_to_reach(sweep, rate_index, target):
+    """Per seed, the first step at which the probe accuracy reached `target` (NaN if it never did)."""
+    acc = sweep["curve_acc"][rate_index]                                    # [seeds, points]
+    reached = acc >= target
+    return np.where(reached.any(1), sweep["curve_steps"][reached.argmax(1)], np.nan)
+
+
+def gradient_norms_at_init(arch, seeds, data):
+    """Per seed, the L2 norm of each Linear's weight gradient at initialisation, on one batch: [seeds, layers]."""
+    X, y = data
+    norms = []
+    for seed in seeds:
+        model, _ = make_model(lambda: MLP(arch), seed, X.device)
+        F.cross_entropy(model.train()(X), y).backward()
+        norms.append([layer.weight.grad.norm().item() for layer in model.layers if isinstance(layer, nn.Linear)])
+    return np.array(norms)
+
+
+def accuracy(model, data):
+    """Test accuracy of one nn.Module in eval mode (running statistics)."""
+    X, y = data
+    with torch.no_grad():
+        return (model.eval()(X).argmax(1) == y).double().mean().item()
+
+
+def model_dot(K, a, b):
+    """Per model, the dot product of two lists of stacked tensors (model k's entries are row k of each): [K]."""
+    return sum((x.reshape(K, -1) * y.reshape(K, -1)).sum(1) for x, y in zip(a, b))
+
+
+def scale_rows(K, tensors, factor):
+    """Multiply model k's entries of every stacked tensor by factor[k]."""
+    return [(t.reshape(K, -1) * factor[:, None]).view(t.shape) for t in tensors]
+
+
+def shift_parameters(params, step, sign):
+    """params += sign * step, in place and outside autograd (a probe moves the checkpoint, then moves it back)."""
+    with torch.no_grad():
+        for p, s in zip(params, step):
+            p.add_(s, alpha=sign)
+
+
+def covariate_shift_of_gradients(stack, batch):
+    """Santurkar et al.'s gradient measure of internal covariate shift, for each Linear after the first: G is its
+    weight gradient; G' the same after every layer before it took its SGD step (each model at its own lr) on the same
+    batch. Returns [K, layers] tensors of the relative change ‖G' − G‖ / ‖G‖ and of the cosine between G and G'."""
+    K, params = stack.K, stack.probe_parameters()
+    grads = dict(zip(map(id, params), torch.autograd.grad(stack.batch_loss(*batch).sum(), params)))
+    relative, cosine = [], []
+    for i in range(1, len(stack.W)):
+        before = stack.W[:i] + stack.b[:i] + stack.gamma[:i] + stack.beta[:i]
+        step = scale_rows(K, [grads[id(p)] for p in before], stack.lr)
+        shift_parameters(before, step, -1)
+        (moved,) = torch.autograd.grad(stack.batch_loss(*batch).sum(), [stack.W[i]])
+        shift_parameters(before, step, +1)
+        G = grads[id(stack.W[i])]
+        norms = model_dot(K, [G], [G]).sqrt(), model_dot(K, [moved], [moved]).sqrt()
+        relative.append(model_dot(K, [moved - G], [moved - G]).sqrt() / norms[0])
+        cosine.append(model_dot(K, [G], [moved]) / (norms[0] * norms[1]))
+    return torch.stack(relative, 1), torch.stack(cosine, 1)
+
+
+def hessian_top_eigenvalue(stack, params, batch, iterations=20, seed=0):
+    """Per model, λ_max: the largest eigenvalue of the Hessian of its batch loss in `params`, as a [K] tensor.
+
+    Lanczos iteration on Hessian-vector products (double backward), with full reorthogonalisation: after m steps
+    the largest eigenvalue of the m × m tridiagonal matrix T approaches λ_max from below, far faster than power
+    iteration, and it finds the largest eigenvalue even where a negative one is larger in magnitude. The K models
+    share no parameter, so the Hessian of their summed losses is block-diagonal: one product serves all K, each
+    model's block of every vector normalised and orthogonalised on its own.
+    """
+    K = stack.K
+    grads = torch.autograd.grad(stack.batch_loss(*batch).sum(), params, create_graph=True)
+    g = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]
+    v = scale_rows(K, v, 1 / model_dot(K, v, v).sqrt())
+    basis, diagonal, off_diagonal = [], [], []   # the Lanczos tridiagonal matrix T
+    for _ in range(iterations):
+        basis.append(v)
+        w = [h.detach() for h in torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)]
+        diagonal.append(model_dot(K, w, v))
+        for q in basis:                       # Gram-Schmidt against every earlier vector: no spurious copies
+            w = [a - b for a, b in zip(w, scale_rows(K, q, model_dot(K, w, q)))]
+        off_diagonal.append(model_dot(K, w, w).sqrt())
+        v = scale_rows(K, w, 1 / off_diagonal[-1].clamp_min(1e-30))   # an exhausted space (a dead network) gives v = 0
+    T = torch.diag_embed(torch.stack(diagonal, 1)) + torch.diag_embed(torch.stack(off_diagonal[:-1], 1), 1) \
+        + torch.diag_embed(torch.stack(off_diagonal[:-1], 1), -1)
+    return torch.linalg.eigvalsh(T.double())[:, -1].to(params[0].dtype)
+
+
+def gradient_along_step(stack, params, batch, multiples=(0.5, 1, 2, 4)):
+    """Santurkar et al.'s probes along the gradient, each model stepping c × its own lr along −∇L, for c in multiples.
+
+    Returns the gradient norm ‖∇L‖ [K], and [K, len(multiples)] arrays of the gradient's change
+    ‖∇L(w − c·lr·∇L) − ∇L(w)‖ (gradient predictiveness: small means the gradient is a good guide) and of that change
+    over the step's length (the effective β-smoothness along the step).
+    """
+    K = stack.K
+    grad = torch.autograd.grad(stack.batch_loss(*batch).sum(), params)
+    change, smoothness = [], []
+    for c in multiples:
+        step = scale_rows(K, grad, c * stack.lr)
+        shift_parameters(params, step, -1)
+        moved = torch.autograd.grad(stack.batch_loss(*batch).sum(), params)
+        shift_parameters(params, step, +1)
+        diff = [a - b for a, b in zip(moved, grad)]
+        change.append(model_dot(K, diff, diff).sqrt())
+        smoothness.append(change[-1] / model_dot(K, step, step).sqrt())
+    return model_dot(K, grad, grad).sqrt(), torch.stack(change, 1), torch.stack(smoothness, 1)
+
+
+def batchnorm_twin(stack, X):
+    """The BatchNorm network that computes, on the batch X, exactly what the un-normalised `stack` computes: the same
+    Linears, and after each hidden Linear a BatchNorm whose γ and β are the batch's own standard deviation
+    (√(σ²_B + ε)) and mean, so that on X it undoes its own normalisation. Santurkar et al.'s Theorem 4.1 compares
+    the two networks at such a point."""
+    if stack.arch.norm != "none":
+        raise ValueError("the twin is built from a network without normalisation")
+    twin = stack.snapshot()
+    twin.arch, twin.gamma, twin.beta = replace(stack.arch, norm="batchnorm"), [], []
+    with torch.no_grad():
+        h = stack.first_layer(X)                                                     # [K, F, B]
+        for i in range(len(stack.arch.hidden)):
+            var, mean = torch.var_mean(h, 2, unbiased=False)
+            twin.gamma.append(torch.sqrt(var + BN_EPS)), twin.beta.append(mean)
+            h = torch.baddbmm(stack.b[i + 1], stack.W[i + 1], torch.relu(h))
+    twin.running_mean = [torch.zeros_like(g).view(-1) for g in twin.gamma]
+    twin.running_var = [torch.ones_like(g).view(-1) for g in twin.gamma]
+    twin.frozen = [False] * len(twin.gamma)
+    return twin

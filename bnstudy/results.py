@@ -1,0 +1,88 @@
+"""What the study shows and keeps: the published runs, colours, figures, JSON files, tables and the verdict rows."""
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import PIL.Image
+from IPython.display import Image, Markdown, display
+
+
+PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch (Raminyazdani/neural-network-training-techniques)
+    "baseline": [20.4, 31.9, 42.4, 45.0, 56.3],
+    "batchnorm": [71.6, 76.2, 78.1, 79.4, 80.6],
+}
+SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82.1}}  # the course version: epochs 1, 5
+STYLE = {"baseline": dict(color="tab:blue", label="baseline"),
+         "batchnorm": dict(color="tab:orange", label="BatchNorm")}
+COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "groupnorm": "tab:green",
+          "batchnorm_after_relu": "tab:brown", "noisy_batchnorm": "tab:red", "twin": "tab:green"}
+
+
+def save_figure(fig, directory, name, show=True):
+    """Save a figure as directory/<name>.png, of modest size for the README, and show that PNG: one rendering.
+
+    Returns the PNG as an IPython Image (to show it elsewhere too), or nothing when shown, so that a cell that
+    ends here prints no path."""
+    path = Path(directory) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    PIL.Image.open(path).convert("RGB").save(path, optimize=True)  # opaque on white anyway: RGB is a smaller file
+    if not show:
+        return Image(filename=path)
+    display(Image(filename=path))
+
+
+def save_json(payload, directory, name):
+    """Write `payload` to directory/<name>.json in one step, so a failed run never leaves half a file."""
+    path = Path(directory) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def to_json(tree):
+    """Nested dicts of arrays and numbers as plain JSON, without wall-clock seconds (they differ between runs)."""
+    if isinstance(tree, dict):
+        return {str(key): to_json(value) for key, value in tree.items() if key != "seconds"}
+    if isinstance(tree, (list, tuple)):
+        return [to_json(value) for value in tree]
+    if isinstance(tree, (np.ndarray, np.generic)):
+        return to_json(tree.tolist())
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree  # JSON has no NaN
+
+
+def markdown_table(header, rows):
+    """A Markdown table (renders on GitHub and in Jupyter)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
+VERDICT_COLUMNS = ("claim", "where it comes from", "experiment", "verdict", "key number", "section")
+
+
+def record_verdict(verdicts, claim, source, experiment, verdict, key, section, short, headline):
+    """Add one row to the verdict table, and show the verdict where it was decided.
+
+    `verdict` and `key` (every number) fill the full table at the end; `short` (the verdict in a few words) and
+    `headline` (one number with its CI) fill the compact table at the top. `section` is (number, anchor id).
+    """
+    number, anchor = section
+    verdicts[claim] = {**dict(zip(VERDICT_COLUMNS, (claim, source, experiment, verdict, key, number))),
+                       "anchor": anchor, "short verdict": short, "headline": headline}
+    display(Markdown(f"**Verdict: {verdict}.** {key}"))
+
+
+def verdict_tables(verdicts):
+    """The compact table (claim, short verdict, one number, link) and the full one (every column), as Markdown."""
+    compact = markdown_table(["claim", "verdict", "key number (± 95 % CI over seeds)", "section"],
+                             [[v["claim"], v["short verdict"], v["headline"], f"[{v['section']}](#{v['anchor']})"]
+                              for v in verdicts.values()])
+    full = markdown_table([c if c != "key number" else "key numbers (± 95 % CI over seeds)" for c in VERDICT_COLUMNS],
+                          [[v[c] for c in VERDICT_COLUMNS] for v in verdicts.values()])
+    return compact, full

@@ -1,0 +1,58 @@
+"""The settings: every one checked before any work, with what is allowed; and the device picked."""
+import pytest
+import torch
+
+from bnstudy.config import SETTINGS, check_config, pick_device
+from study_notebook import load_parameters
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert pick_device("auto").type == expected
+
+
+def test_absent_cuda_falls_back_to_cpu_with_one_note(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("cuda") == torch.device("cpu")
+    assert pick_device("cuda:1") == torch.device("cpu")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("falling back to the CPU" in line for line in lines)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
+        pick_device("tpu")
+
+
+@pytest.fixture(scope="module")
+def parameters():
+    return load_parameters()
+
+
+def test_the_committed_parameters_pass_and_cover_every_checked_setting(parameters):
+    check_config(parameters)
+    assert set(SETTINGS) == set(parameters), "check_config checks every setting of the parameters cell, no more"
+
+
+@pytest.mark.parametrize("changes, word", [
+    (dict(BATCH_SIZE=0), "BATCH_SIZE"), (dict(LR=-0.1), "LR"), (dict(LR=float("nan")), "LR"),
+    (dict(EPOCHS=0), "EPOCHS"), (dict(N_SEEDS=0), "N_SEEDS"), (dict(SWEEP_SEEDS=1), "SWEEP_SEEDS"),
+    (dict(LEARNING_RATES=[0.1, 0.01]), "LEARNING_RATES"), (dict(DROPOUTS=[0.0, 1.0]), "DROPOUTS"),
+    (dict(NORMALISATIONS=["batchnorm", "rmsnorm"]), "NORMALISATIONS"), (dict(SPEED_TARGETS=[0.8, 80]), "SPEED_TARGETS"),
+    (dict(OPTIMIZER_RATES={"Adam": [0.001]}), "OPTIMIZER_RATES"), (dict(DATA_ROOT=""), "DATA_ROOT"),
+    (dict(LR=0.002), "LR must be one of LEARNING_RATES"), (dict(CONTROL_RATES=[0.001, 0.05]), "sub-grid"),
+    (dict(GHOST_SIZES=[2, 3, 256]), "GHOST_SIZES"), (dict(TEST_BATCH_SIZES=[1, 64]), "TEST_BATCH_SIZES"),
+    (dict(VAL_SIZE=60_000), "VAL_SIZE"), (dict(DROPOUTS=[0.2, 0.5]), "DROPOUTS must include 0.0"),
+])
+def test_nonsensical_config_is_refused_with_what_is_allowed(parameters, changes, word):
+    with pytest.raises(ValueError, match=word):
+        check_config({**parameters, **changes})
+
+
+def test_a_missing_setting_is_named(parameters):
+    with pytest.raises(ValueError, match="missing setting.*GHOST_BATCH"):
+        check_config({k: v for k, v in parameters.items() if k != "GHOST_BATCH"})

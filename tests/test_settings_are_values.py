@@ -1,0 +1,54 @@
+"""Every setting is a value: change the reference lr (and shrink everything else) and the notebook runs through,
+labelling the new lr wherever it used to say 0.001."""
+import json
+import re
+
+import pytest
+
+from study_notebook import errors_of, execute_with
+
+TINY = {  # a configuration that trains in about a minute on 2 cores; its findings need not hold
+    "SEED": 3, "LR": 0.01, "EPOCHS": 2, "N_SEEDS": 2, "SWEEP_SEEDS": 2, "VAL_SIZE": 50_000, "PROBE_SIZE": 500,
+    "LEARNING_RATES": [0.01, 0.1, 1.0], "CONTROL_RATES": [0.01, 0.1], "INIT_SCALES": [0.1, 1.0],
+    "DEPTHS": [2, 3], "DEPTH_RATES": [0.1], "DEPTH_TRAIN_SIZE": 2_000, "SHORT_TRAIN_SIZE": 2_000,
+    "OPTIMIZER_RATES": {"SGD, momentum 0.9": [0.01], "Adam": [0.001]}, "LONG_EPOCHS": 2, "LONG_TRAIN_SIZE": 1_000,
+    "TEST_BATCH_SIZES": [1, 4, 1000, 10000], "GHOST_BATCH": 64, "GHOST_SIZES": [2, 8, 64], "TINY_BATCHES": [2, 4, 8],
+    "TINY_TRAIN_SIZE": 500, "LANDSCAPE_SIZE": 200, "HESSIAN_ITERATIONS": 4, "ACTIVATION_IMAGES": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The notebook executed with TINY settings. Cells go on after an error, so that every cell's labels are seen;
+    the errors are left for the tests to judge."""
+    results = tmp_path_factory.mktemp("tiny") / "results"
+    return execute_with(TINY, results, stop_at_error=False), results
+
+
+def outputs_text(nb):
+    """Everything the run printed or displayed as text or Markdown."""
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts += [output.get("data", {}).get(kind, "") for kind in ("text/markdown", "text/plain")]
+    return "\n".join(parts)
+
+
+def test_only_findings_may_fail_in_a_tiny_run(tiny_run):
+    """A tiny run trains too little for the findings to hold, but no cell may break on a changed setting."""
+    errors = errors_of(tiny_run[0])
+    assert all(e["ename"] == "AssertionError" for e in errors), [(e["ename"], e["evalue"]) for e in errors]
+
+
+def test_the_reference_lr_is_labelled_by_its_value(tiny_run):
+    text = outputs_text(tiny_run[0])
+    assert not re.search(r"lr 0\.001\b", text), re.findall(r".{60}lr 0\.001.{20}", text)[:3]
+    assert "reference lr 0.01" in text and "at lr 0.01" in text
+
+
+def test_the_tiny_run_went_to_the_end(tiny_run):
+    """The last cells ran and wrote the summary of this configuration, not of the committed one."""
+    summary = json.loads((tiny_run[1] / "study_summary.json").read_text())
+    assert summary["config"]["lr"] == 0.01 and summary["config"]["seed"] == 3
+    assert all("lr 0.001" not in v["key number"] for v in summary["summary"]["verdicts"])
