@@ -377,6 +377,9 @@ def train_runs(arch, runs, data, epochs, batch_size=64, optimizer="sgd", evals_p
     data = {name: (X.to(dtype), y) for name, (X, y) in data.items()}
     data = standardized(data) if arch.standardize else data
     X = data["train"][0]
+    if len(X) % batch_size == 1 and arch.norm not in ("none", "layernorm", "groupnorm"):
+        raise ValueError(f"{len(X):,} training images in batches of {batch_size} end in a batch of one image, whose "
+                         "batch statistics are undefined: change the set size or the batch size")
     stack = Stack(arch, runs, X.device, dtype, optimizer)
     generators = [torch.Generator().manual_seed(s) for s in stack.seeds]
     steps = math.ceil(len(X) / batch_size)

@@ -36,9 +36,12 @@ def outputs_text(nb):
 
 
 def test_only_findings_may_fail_in_a_tiny_run(tiny_run):
-    """A tiny run trains too little for the findings to hold, but no cell may break on a changed setting."""
+    """A tiny run trains too little for the findings to hold, but no cell may break on a changed setting, and the
+    checks of the machinery (cells tagged `check`: from-scratch BatchNorm, the engine, the twin) must still pass."""
     errors = errors_of(tiny_run[0])
     assert all(e["ename"] == "AssertionError" for e in errors), [(e["ename"], e["evalue"]) for e in errors]
+    checks = [c for c in tiny_run[0].cells if "check" in c.metadata.get("tags", [])]
+    assert len(checks) == 3 and not [e for c in checks for e in errors_of({"cells": [c]})]
 
 
 def test_the_reference_lr_is_labelled_by_its_value(tiny_run):

@@ -178,3 +178,11 @@ def test_schedule_scales_the_learning_rate(fashion):
     still = train_runs(Arch(), [Run(1, 0.1)], data, 1, schedule=lambda progress: 0.0, log=False)[0]
     untrained, _ = make_model(lambda: MLP(Arch()), 1, "cpu")
     assert max_state_difference(still.to_modules()[0], untrained) == 0
+
+
+def test_a_last_batch_of_one_image_is_refused_where_batch_statistics_need_two():
+    X, y = torch.rand(65, 784, generator=torch.Generator().manual_seed(0)), torch.arange(65) % 10
+    data = {"train": (X, y), "test": (X, y)}
+    with pytest.raises(ValueError, match="batch of one image"):
+        train_runs(Arch(norm="batchnorm"), [Run(0, 0.1)], data, 1, 64, log=False)
+    train_runs(Arch(), [Run(0, 0.1)], data, 1, 64, log=False)   # no batch statistics: a batch of one is fine
