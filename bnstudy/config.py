@@ -5,7 +5,11 @@ from numbers import Integral, Real
 
 import torch
 
-from .models import NORMS
+from .models import NORMS, Arch
+
+TRAIN_IMAGES = 60_000                         # Fashion-MNIST's training set; the last VAL_SIZE of them validate
+DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES_ALLOWED = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
 def _int(low):
@@ -51,20 +55,19 @@ SETTINGS = {  # name: (check, what is allowed)
     "TINY_BATCHES": _list(_int(2)), "TINY_TRAIN_SIZE": _int(1), "NOISE_LEVEL": _positive(),
     "LANDSCAPE_SIZE": _int(2), "HESSIAN_ITERATIONS": _int(2), "ACTIVATION_IMAGES": _int(2),
     "DATA_ROOT": (lambda v: isinstance(v, str) and v != "", "a folder path"),
-    "DEVICE": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-               "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    "DEVICE": (lambda v: isinstance(v, str) and DEVICES.fullmatch(v) is not None, DEVICES_ALLOWED),
     "RESULTS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder path"),
 }
 
 def _train(s):
     """Images in the training split (the tuning runs train on it)."""
-    return 60_000 - s["VAL_SIZE"]
+    return TRAIN_IMAGES - s["VAL_SIZE"]
 
 
 def _batches_split(s):
     """Every (training-set size, batch size) pair the notebook trains or recomputes statistics with."""
     train = _train(s)
-    pairs = [(60_000, s["BATCH_SIZE"]), (train, s["BATCH_SIZE"]), (train, s["GHOST_BATCH"])]
+    pairs = [(TRAIN_IMAGES, s["BATCH_SIZE"]), (train, s["BATCH_SIZE"]), (train, s["GHOST_BATCH"])]
     pairs += [(3_200, s["BATCH_SIZE"])]   # the engine check of section 2 trains on the first 3,200 training images
     pairs += [(s[name], s["BATCH_SIZE"]) for name in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE")]
     return pairs + [(s["TINY_TRAIN_SIZE"], b) for b in s["TINY_BATCHES"] + [s["BATCH_SIZE"]]]
@@ -75,10 +78,10 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
      "LR must be one of LEARNING_RATES and of CONTROL_RATES (the sweeps compare every model at the reference lr)"),
     (lambda s: set(s["CONTROL_RATES"]) <= set(s["LEARNING_RATES"]),
      "CONTROL_RATES must be a sub-grid of LEARNING_RATES (the controls reuse the sweep's runs at those rates)"),
-    (lambda s: s["VAL_SIZE"] < 60_000 and s["PROBE_SIZE"] <= s["VAL_SIZE"],
+    (lambda s: s["VAL_SIZE"] < TRAIN_IMAGES and s["PROBE_SIZE"] <= s["VAL_SIZE"],
      "VAL_SIZE must be below 60,000 (the training images) and PROBE_SIZE at most VAL_SIZE"),
     (lambda s: all(s[n] <= _train(s) for n in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE",
-                                               "TINY_TRAIN_SIZE", "LANDSCAPE_SIZE")) and s["ACTIVATION_IMAGES"] <= 60_000,
+                                               "TINY_TRAIN_SIZE", "LANDSCAPE_SIZE")) and s["ACTIVATION_IMAGES"] <= TRAIN_IMAGES,
      "DEPTH_, SHORT_, LONG_, TINY_TRAIN_SIZE and LANDSCAPE_SIZE must fit in the training split (60,000 − VAL_SIZE)"),
     (lambda s: math.ceil(_train(s) / s["BATCH_SIZE"]) > 100,
      "an epoch of the training split must have more than 100 steps (section 7 probes a checkpoint at step 100)"),
@@ -94,7 +97,7 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
      and set(s["NORMALISATIONS"]) <= {"batchnorm_after_relu", "layernorm", "groupnorm"},
      "NORMALISATIONS are compared with BatchNorm and with none: take them from batchnorm_after_relu, layernorm, groupnorm, "
      "with layernorm or groupnorm among them"),
-    (lambda s: all(w % s["GROUPNORM_GROUPS"] == 0 for w in (64, 32, s["DEPTH_WIDTH"])),
+    (lambda s: all(w % s["GROUPNORM_GROUPS"] == 0 for w in (*Arch().hidden, s["DEPTH_WIDTH"])),
      "GROUPNORM_GROUPS must divide the hidden widths 64 and 32 and DEPTH_WIDTH"),
     (lambda s: 0.0 in s["DROPOUTS"], "DROPOUTS must include 0.0 (the run without dropout)"),
     (lambda s: {4, 1000, 10_000} <= set(s["TEST_BATCH_SIZES"]),
@@ -131,9 +134,9 @@ def pick_device(requested="auto"):
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if requested == "auto":
         return torch.device(next(kind for kind, ok in available.items() if ok))
+    if not DEVICES.fullmatch(str(requested)):
+        raise ValueError(f"Unknown device {requested!r}: use {DEVICES_ALLOWED}.")
     kind = str(requested).split(":")[0]
-    if kind not in available:
-        raise ValueError(f"Unknown device {requested!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     if not available[kind]:
         print(f"Note: device {requested!r} is not available here; falling back to the CPU.")
         return torch.device("cpu")

@@ -308,8 +308,7 @@ class Stack:
         for name in ("running_mean", "running_var"):
             setattr(part, name, [t.view(K, -1)[pick].reshape(-1).clone() for t in getattr(self, name)])
         part.runs, part.order_of_runs, part.seeds = [self.runs[r] for r in rows], list(range(len(rows))), None
-        for name in ("lr", "momentum", "weight_decay", "dropout", "seed_column"):
-            setattr(part, name, getattr(self, name)[pick])
+        part._per_run_settings()   # the kept runs' lr, momentum, ... and the flags that hold for this subset
         part.frozen, part.state, part.small, part.specs = list(self.frozen), None, None, None
         part.snapshots = {}
         return part

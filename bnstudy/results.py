@@ -8,16 +8,24 @@ import numpy as np
 import PIL.Image
 from IPython.display import Image, Markdown, display
 
+from .models import NORM_LABELS
+
 
 PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch (Raminyazdani/neural-network-training-techniques)
     "baseline": [20.4, 31.9, 42.4, 45.0, 56.3],
     "batchnorm": [71.6, 76.2, 78.1, 79.4, 80.6],
 }
 SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82.1}}  # the course version: epochs 1, 5
-STYLE = {"baseline": dict(color="tab:blue", label="baseline"),
-         "batchnorm": dict(color="tab:orange", label="BatchNorm")}
 COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "groupnorm": "tab:green",
           "batchnorm_after_relu": "tab:brown", "noisy_batchnorm": "tab:red", "twin": "tab:green"}
+STYLE = {"baseline": dict(color=COLORS["none"], label="baseline"),   # the tutorial's two models
+         "batchnorm": dict(color=COLORS["batchnorm"], label=NORM_LABELS["batchnorm"])}
+
+
+def value_ticks(ax, values, rotation=0):
+    """x ticks at the values a sweep used, labelled by them, and no minor ticks between them (on a log axis too)."""
+    ax.set_xticks(values, [f"{v:,g}" for v in values], rotation=rotation)
+    ax.xaxis.set_minor_locator(plt.NullLocator())
 
 
 def save_figure(fig, directory, name, show=True):
