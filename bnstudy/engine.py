@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import epoch_permutation, standardized
 from .models import BN_EPS, DROPOUT_STREAM, MLP, FrozenBatchNorm1d, bn_noise, counter_uniform, make_model, norm_layers
+from .stats import one_se_pick
 
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
@@ -383,7 +384,7 @@ def train_runs(arch, runs, data, epochs, batch_size=64, optimizer="sgd", evals_p
     generators = [torch.Generator().manual_seed(s) for s in stack.seeds]
     steps = math.ceil(len(X) / batch_size)
     curve_at = set(curve_points(epochs, steps, evals_per_epoch))
-    rows, curve, initial_loss = [], [], stack.evaluate(data.get("probe", data["test"]))[0]  # loss before any step
+    rows, curve, initial_loss = [], [], stack.evaluate(data.get("probe", data.get("test", data.get("val"))))[0]  # before any step
     for epoch in range(1, epochs + 1):
         order = torch.stack([epoch_permutation(len(X), g) for g in generators]).to(X.device)
         train_loss, train_acc, points = run_epoch(stack, data["train"], order, batch_size, data.get("probe"),
@@ -439,5 +440,8 @@ def by_rate(history, n_rates):
 
 
 def best_rate(sweep):
-    """Index of the lr with the best mean final validation accuracy over seeds: the validation split decides."""
-    return int(np.argmax(np.nan_to_num(sweep["val_acc"][..., -1].mean(1), nan=-1)))
+    """Index of the chosen lr: the smallest within one standard error of the best mean final validation accuracy.
+
+    `sweep` holds the tuning seeds only: the validation split of other seeds than the reporting ones decides.
+    """
+    return one_se_pick(sweep["val_acc"][..., -1])

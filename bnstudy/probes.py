@@ -20,8 +20,36 @@ def diverged(sweep):
 
 
 def failed(sweep):
-    """Runs that diverged, or collapsed: more than half their hidden units dead (never firing) at the end."""
-    return diverged(sweep) | (sweep["dead"] > 0.5)
+    """Runs that diverged; collapsed (more than half their hidden units dead, never firing, at the end); or ended
+    below twice chance (final validation accuracy under 20 %). A run without a validation split (NaN) is judged by
+    the first two alone."""
+    val = sweep.get("val_acc")
+    at_chance = val[..., -1] < 0.2 if val is not None else False   # NaN < 0.2 is False
+    return diverged(sweep) | (sweep["dead"] > 0.5) | at_chance
+
+
+def largest_stable(sweep, rates):
+    """Per seed: the largest rate of the grid up to which no run of the seed failed; half the first rate if it did.
+
+    sweep: a by_rate history, [rates, seeds, ...]; `rates` increasing. A model that never failed gets the grid's
+    last rate, a lower bound on its own edge.
+    """
+    trained = np.cumprod(~failed(sweep), axis=0).astype(bool)         # [rates, seeds]: every rate so far trained
+    last = trained.sum(0) - 1
+    return np.where(last >= 0, np.asarray(rates, dtype=float)[np.maximum(last, 0)], rates[0] / 2)
+
+
+def weight_row_norms(stack):
+    """Per run (in the order of the runs given; a snapshot keeps stack order, the same for seed-major grids): the
+    mean over the first Linear's units j of ||w_j||^2, the weights into unit j.
+
+    A unit followed by BatchNorm computes the same function for any positive multiple of w_j, so its gradient is
+    orthogonal to w_j and scales as 1 / ||w_j||: a step at lr eta turns w_j by about eta / ||w_j||^2, its effective lr
+    (van Laarhoven 2017; Hoffer et al. 2018; Arora et al. 2019). eta over this mean is a layer's typical effective
+    lr, not the mean of the units' own.
+    """
+    W = stack.W[0].detach()
+    return stack.per_run(W.reshape(stack.K, W.shape[1] // stack.G, -1).pow(2).sum(-1).mean(1))
 
 
 def dead_fraction(stack, X):
@@ -39,12 +67,12 @@ def steps_to_reach(sweep, rate_index, target):
     return np.where(reached.any(1), sweep["curve_steps"][reached.argmax(1)], np.nan)
 
 
-def gradient_norms_at_init(arch, seeds, data):
+def gradient_norms_at_init(arch, seeds, data, he_init=False):
     """Per seed, the L2 norm of each Linear's weight gradient at initialisation, on one batch: [seeds, layers]."""
     X, y = data
     norms = []
     for seed in seeds:
-        model, _ = make_model(lambda: MLP(arch), seed, X.device)
+        model, _ = make_model(lambda: MLP(arch), seed, X.device, 1.0, he_init)
         F.cross_entropy(model.train()(X), y).backward()
         norms.append([layer.weight.grad.norm().item() for layer in model.layers if isinstance(layer, nn.Linear)])
     return np.array(norms)
@@ -120,27 +148,6 @@ def hessian_top_eigenvalue(stack, params, batch, iterations=20, seed=0):
     T = torch.diag_embed(torch.stack(diagonal, 1)) + torch.diag_embed(torch.stack(off_diagonal[:-1], 1), 1) \
         + torch.diag_embed(torch.stack(off_diagonal[:-1], 1), -1)
     return torch.linalg.eigvalsh(T.double())[:, -1].to(params[0].dtype)
-
-
-def gradient_along_step(stack, params, batch, multiples=(0.5, 1, 2, 4)):
-    """Santurkar et al.'s probes along the gradient, each model stepping c × its own lr along −∇L, for c in multiples.
-
-    Returns the gradient norm ‖∇L‖ [K], and [K, len(multiples)] arrays of the gradient's change
-    ‖∇L(w − c·lr·∇L) − ∇L(w)‖ (gradient predictiveness: small means the gradient is a good guide) and of that change
-    over the step's length (the effective β-smoothness along the step).
-    """
-    K = stack.K
-    grad = torch.autograd.grad(stack.batch_loss(*batch).sum(), params)
-    change, smoothness = [], []
-    for c in multiples:
-        step = scale_rows(K, grad, c * stack.lr)
-        shift_parameters(params, step, -1)
-        moved = torch.autograd.grad(stack.batch_loss(*batch).sum(), params)
-        shift_parameters(params, step, +1)
-        diff = [a - b for a, b in zip(moved, grad)]
-        change.append(model_dot(K, diff, diff).sqrt())
-        smoothness.append(change[-1] / model_dot(K, step, step).sqrt())
-    return model_dot(K, grad, grad).sqrt(), torch.stack(change, 1), torch.stack(smoothness, 1)
 
 
 def batchnorm_twin(stack, X):

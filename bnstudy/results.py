@@ -1,4 +1,5 @@
 """What the study shows and keeps: the published runs, colours, figures, JSON files, tables and the verdict rows."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,8 @@ SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82
 COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "groupnorm": "tab:green",
           "batchnorm_after_relu": "tab:brown", "noisy_batchnorm": "tab:red", "twin": "tab:green"}
 STYLE = {"baseline": dict(color=COLORS["none"], label="baseline"),   # the tutorial's two models
-         "batchnorm": dict(color=COLORS["batchnorm"], label=NORM_LABELS["batchnorm"])}
+         "batchnorm": dict(color=COLORS["batchnorm"], label=NORM_LABELS["batchnorm"]),
+         "layernorm": dict(color=COLORS["layernorm"], label=NORM_LABELS["layernorm"])}
 
 
 def value_ticks(ax, values, rotation=0):
@@ -71,26 +73,42 @@ def markdown_table(header, rows):
     return Markdown("\n".join(lines))
 
 
-VERDICT_COLUMNS = ("claim", "where it comes from", "experiment", "verdict", "key number", "section")
+VERDICT_COLUMNS = ("claim", "where it comes from", "experiment", "primary contrast", "margin", "verdict",
+                   "estimate [95 % CI]", "other numbers (descriptive)", "section")
 
 
-def record_verdict(verdicts, claim, source, experiment, verdict, key, section, short, headline):
-    """Add one row to the verdict table, and show the verdict where it was decided.
+def record_verdict(verdicts, claim, source, experiment, decision, other, section):
+    """Add one row to the verdict table from a `bnstudy.stats.decide` Decision, and show it where it was decided.
 
-    `verdict` and `key` (every number) fill the full table at the end; `short` (the verdict in a few words) and
-    `headline` (one number with its CI) fill the compact table at the top. `section` is (number, anchor id).
+    The verdict is the decision's outcome and nothing else; `other` holds descriptive numbers, which decide
+    nothing. `section` is (number, anchor id). Returns the outcome, for the assert that pins the stated finding.
     """
     number, anchor = section
-    verdicts[claim] = {**dict(zip(VERDICT_COLUMNS, (claim, source, experiment, verdict, key, number))),
-                       "anchor": anchor, "short verdict": short, "headline": headline}
-    display(Markdown(f"**Verdict: {verdict}.** {key}"))
+    c = decision.contrast
+    verdict = decision.outcome + ("" if decision.outcome != "not resolved" else
+                                  f" (the power rule asks for about {decision.seeds_needed:,} seeds)"
+                                  if decision.seeds_needed < 10 ** 6 else " (the estimate sits on a margin edge)")
+    claimed = ("above " if c.direction > 0 else "below ") + ("1×" if c.ratio else "0")
+    verdicts[claim] = {**dict(zip(VERDICT_COLUMNS, (claim, source, experiment, f"{c.what}; the claim predicts {claimed}",
+                                                    f"{decision.margin_text}: {c.why}", verdict, decision.text(),
+                                                    other, number))),
+                       "anchor": anchor, "outcome": decision.outcome, "seeds": decision.n,
+                       "seeds needed": decision.seeds_needed, "estimate": decision.estimate,
+                       "estimate, short": decision.text(short=True),
+                       "ci95": [decision.low, decision.high], "contrast": dataclasses.asdict(c),
+                       "values": list(decision.values)}
+    power = ("enough seeds by the power rule" if decision.enough_seeds else
+             f"the power rule asks for {decision.seeds_needed:,} seeds" if decision.seeds_needed < 10 ** 6 else
+             "the estimate sits on a margin edge")
+    display(Markdown(f"**Verdict: {verdict}.** {c.what}: {decision.text()} (margin {decision.margin_text}; {power})."
+                     + (f" *Descriptive:* {other}" if other else "")))
+    return decision.outcome
 
 
 def verdict_tables(verdicts):
-    """The compact table (claim, short verdict, one number, link) and the full one (every column), as Markdown."""
-    compact = markdown_table(["claim", "verdict", "key number (± 95 % CI over seeds)", "section"],
-                             [[v["claim"], v["short verdict"], v["headline"], f"[{v['section']}](#{v['anchor']})"]
+    """The compact table (claim, verdict, primary estimate, link) and the full one (every column), as Markdown."""
+    compact = markdown_table(["claim", "verdict", "primary contrast: estimate [95 % CI]", "section"],
+                             [[v["claim"], v["outcome"], v["estimate, short"], f"[{v['section']}](#{v['anchor']})"]
                               for v in verdicts.values()])
-    full = markdown_table([c if c != "key number" else "key numbers (± 95 % CI over seeds)" for c in VERDICT_COLUMNS],
-                          [[v[c] for c in VERDICT_COLUMNS] for v in verdicts.values()])
+    full = markdown_table(VERDICT_COLUMNS, [[v[c] for c in VERDICT_COLUMNS] for v in verdicts.values()])
     return compact, full

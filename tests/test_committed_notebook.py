@@ -76,7 +76,7 @@ def test_the_answer_opens_the_notebook(committed):
     assert "".join(answer["data"]["text/markdown"]).startswith("**The answer.**")
     assert "image/png" in hero["data"]
     table = "".join(table["data"]["text/markdown"])
-    assert table.startswith("| claim | verdict | key number (± 95 % CI over seeds) | section |")
+    assert table.startswith("| claim | verdict | primary contrast: estimate [95 % CI] | section |")
     assert len(table.splitlines()) >= 2 + 9, "a row for every claim on trial"
     assert "".join(contents["source"]).startswith("**Contents.**")
 

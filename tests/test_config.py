@@ -40,13 +40,16 @@ def test_the_committed_parameters_pass_and_cover_every_checked_setting(parameter
 
 @pytest.mark.parametrize("changes, word", [
     (dict(BATCH_SIZE=0), "BATCH_SIZE"), (dict(LR=-0.1), "LR"), (dict(LR=float("nan")), "LR"),
-    (dict(EPOCHS=0), "EPOCHS"), (dict(N_SEEDS=0), "N_SEEDS"), (dict(SWEEP_SEEDS=1), "SWEEP_SEEDS"),
-    (dict(LEARNING_RATES=[0.1, 0.01]), "LEARNING_RATES"), (dict(DROPOUTS=[0.0, 1.0]), "DROPOUTS"),
-    (dict(NORMALISATIONS=["batchnorm", "rmsnorm"]), "NORMALISATIONS"), (dict(SPEED_TARGETS=[0.8, 80]), "SPEED_TARGETS"),
+    (dict(EPOCHS=0), "EPOCHS"), (dict(N_SEEDS=0), "N_SEEDS"), (dict(TUNING_SEEDS=1), "TUNING_SEEDS"),
+    (dict(LEARNING_RATES=[0.1, 0.01]), "LEARNING_RATES"), (dict(SPEED_TARGET=85), "SPEED_TARGET"),
+    (dict(MARGINS={"points": 1.0, "ratio": 0.8, "much": 2.0, "evaluation": 0.5}), "MARGINS"),
+    (dict(MARGINS={"points": 1.0}), "MARGINS"), (dict(MIN_SEEDS=40, MAX_SEEDS=30), "MIN_SEEDS must be at most"),
     (dict(OPTIMIZER_RATES={"Adam": [0.001]}), "OPTIMIZER_RATES"), (dict(DATA_ROOT=""), "DATA_ROOT"),
-    (dict(LR=0.002), "LR must be one of LEARNING_RATES"), (dict(CONTROL_RATES=[0.001, 0.05]), "sub-grid"),
-    (dict(GHOST_SIZES=[2, 3, 256]), "GHOST_SIZES"), (dict(TEST_BATCH_SIZES=[1, 64]), "TEST_BATCH_SIZES"),
-    (dict(VAL_SIZE=60_000), "VAL_SIZE"), (dict(DROPOUTS=[0.2, 0.5]), "DROPOUTS must include 0.0"),
+    (dict(LR=0.002), "LR must be one of LEARNING_RATES"), (dict(EFFECTIVE_LR_AT=2.0), "EFFECTIVE_LR_AT must be one"),
+    (dict(TEST_BATCH_SIZES=[1, 64]), "TEST_BATCH_SIZES"), (dict(WEIGHT_DECAY=0), "WEIGHT_DECAY"),
+    (dict(VAL_SIZE=60_000), "VAL_SIZE"), (dict(LONG_TRAIN_SIZE=10_049), "batch of one image"),
+    (dict(N_SEEDS=5), "N_SEEDS must be at least MIN_SEEDS"), (dict(MARGINS={"points": True, "ratio": 1.25, "much": 2.0,
+                                                                            "evaluation": 0.5}), "MARGINS"),
 ])
 def test_nonsensical_config_is_refused_with_what_is_allowed(parameters, changes, word):
     with pytest.raises(ValueError, match=word):
@@ -54,5 +57,5 @@ def test_nonsensical_config_is_refused_with_what_is_allowed(parameters, changes,
 
 
 def test_a_missing_setting_is_named(parameters):
-    with pytest.raises(ValueError, match="missing setting.*GHOST_BATCH"):
-        check_config({k: v for k, v in parameters.items() if k != "GHOST_BATCH"})
+    with pytest.raises(ValueError, match="missing setting.*WEIGHT_DECAY"):
+        check_config({k: v for k, v in parameters.items() if k != "WEIGHT_DECAY"})

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from study_notebook import REPO, load_notebook
-from bnstudy.stats import fmt_ci
+from bnstudy.results import VERDICT_COLUMNS
+from bnstudy.stats import OUTCOMES, Contrast, decide, fmt_ci
 
 RESULTS = REPO / "results"
 
@@ -38,8 +39,7 @@ def table_with_header(tables, first_cells):
 
 
 def verdict_line(row):
-    return "| " + " | ".join(row[c] for c in ("claim", "where it comes from", "experiment", "verdict",
-                                              "key number", "section")) + " |"
+    return "| " + " | ".join(row[c] for c in VERDICT_COLUMNS) + " |"
 
 
 def test_saved_reference_table_matches_results_json(saved_tables):
@@ -66,11 +66,30 @@ def test_the_notebooks_verdict_table_is_the_summarys(saved_tables):
     verdicts = results("study_summary")["summary"]["verdicts"]
     table = table_with_header(saved_tables, ["claim", "where it comes from"])
     assert [r[0] for r in table[2:]] == [v["claim"] for v in verdicts]
-    assert [r[3] for r in table[2:]] == [v["verdict"] for v in verdicts]
+    assert [r[VERDICT_COLUMNS.index("verdict")] for r in table[2:]] == [v["verdict"] for v in verdicts]
+
+
+def test_every_verdict_is_the_decision_rules_on_its_saved_values():
+    """Each row's outcome is what `decide` says about its own per-seed values and declared contrast, and each
+    primary contrast has at least the minimum number of reporting seeds."""
+    summary = results("study_summary")["summary"]
+    minimum = results("study_summary")["config"]["min_seeds"]
+    for row in summary["verdicts"]:
+        decision = decide(row["values"], Contrast(**row["contrast"]))
+        assert decision.outcome == row["outcome"] and row["outcome"] in OUTCOMES, row["claim"]
+        assert row["verdict"].startswith(row["outcome"])
+        assert decision.n == row["seeds"] >= minimum, row["claim"]
+
+
+def test_tuning_seeds_never_report():
+    seeds = results("study_summary")["summary"]["seeds"]
+    first = results("study_summary")["config"]["seed"]
+    reporting = set(range(first, first + max(seeds["reporting"].values())))
+    assert seeds["tuning"] and not set(seeds["tuning"]) & reporting
 
 
 def compact_line(row):
-    return (f"| {row['claim']} | {row['short verdict']} | {row['headline']} | "
+    return (f"| {row['claim']} | {row['outcome']} | {row['estimate, short']} | "
             f"[{row['section']}](batch_normalization_study.ipynb#{row['anchor']}) |")
 
 
@@ -112,6 +131,11 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
     notebook = speed["notebook"]
     assert (f"trained {notebook['model_epochs_trained']:,.0f} model-epochs in {notebook['wall_seconds']:.0f} s" in readme
             and f"{100 * notebook['efficiency']:.0f} % of what the matmul peak alone would allow" in readme)
+    summary = results("study_summary")["summary"]
+    assert f"committed run took {notebook['wall_seconds']:.0f} s" in readme
+    assert f"About {summary['model_epochs_trained']:,.0f} model-epochs" in readme
+    assert f"in the committed run: {summary['engine_check_max_difference']:.1e})" in readme
+    assert notebook["model_epochs_trained"] == summary["model_epochs_trained"], "benchmark and notebook of one run"
 
 
 def test_readme_seed_table_is_the_other_seed_runs(readme):
@@ -119,9 +143,9 @@ def test_readme_seed_table_is_the_other_seed_runs(readme):
     by_seed = results("verdicts_by_seed")
     committed = results("study_summary")
     assert by_seed[str(committed["config"]["seed"])] == [
-        {"claim": v["claim"], "verdict": v["verdict"], "key number": v["key number"]}
+        {"claim": v["claim"], "verdict": v["outcome"], "estimate": v["estimate [95 % CI]"]}
         for v in committed["summary"]["verdicts"]]
-    assert len(by_seed) >= 4, "the committed seed and three others"
+    assert len(by_seed) >= 5, "the committed seed and four others"
     for i, row in enumerate(by_seed[str(committed["config"]["seed"])]):
         line = f"| {row['claim']} | " + " | ".join(by_seed[s][i]["verdict"] for s in by_seed) + " |"
         assert line in readme, row["claim"]

@@ -6,7 +6,7 @@ from torch import nn
 
 from bnstudy.engine import Run, Stack, best_rate, by_rate, grid_runs, train_runs
 from bnstudy.models import Arch, FrozenBatchNorm1d, GhostBatchNorm1d, MLP, NoisyBatchNorm1d, make_model
-from bnstudy.probes import dead_fraction, diverged, failed, steps_to_reach
+from bnstudy.probes import dead_fraction, diverged, failed, largest_stable, steps_to_reach
 from bnstudy.stats import fmt_ci, mean_ci, t_quantile
 
 
@@ -117,6 +117,19 @@ def test_divergence_collapse_and_steps_to_reach():
              "initial_loss": np.array([2.3, 2.3, 2.3, 2.3]), "dead": np.array([0.0, 0.1, 0.0, 0.9])}
     assert diverged(sweep).tolist() == [False, True, True, False]   # a spike above the start counts
     assert failed(sweep).tolist() == [False, True, True, True]      # and so does a collapse to dead units
+    healthy = {"train_loss": np.array([[2.0, 1.0]] * 3), "initial_loss": np.full(3, 2.3), "dead": np.zeros(3),
+               "val_acc": np.array([[0.5, 0.8], [0.5, 0.15], [0.5, np.nan]])}
+    assert failed(healthy).tolist() == [False, True, False]   # ended under twice chance: failed; no validation: judged
+    rates = [0.1, 0.3, 1.0, 3.0]                               # by divergence and collapse alone
+    losses = np.array([[2.0, 1.0], [np.nan, 1.0]])             # 0: trains, 1: diverges
+    fails = np.array([[0, 0, 1],                               # [rates, seeds]: seed 0 fails at 1.0 and trains
+                      [0, 0, 0],                               # again at 3.0; seed 1 fails only at 3.0; seed 2
+                      [1, 0, 0],                               # fails at the first rate and trains later
+                      [0, 1, 0]])
+    grid = {"train_loss": losses[fails], "initial_loss": np.full((4, 3), 2.3), "dead": np.zeros((4, 3))}
+    assert largest_stable(grid, rates).tolist() == [0.3, 1.0, 0.05]   # up to the first failure; half the first rate
+    grid["train_loss"][3, 1] = losses[0]
+    assert largest_stable(grid, rates).tolist() == [0.3, 3.0, 0.05]   # never failed: the grid's end
     curve = {"curve_acc": np.array([[[0.1, 0.5, 0.9, 0.95], [0.1, 0.2, 0.3, 0.4]]]), "curve_steps": np.array([0, 10, 20, 30])}
     steps = steps_to_reach(curve, 0, 0.85)
     assert steps[0] == 20 and np.isnan(steps[1])
