@@ -445,3 +445,15 @@ def best_rate(sweep):
     `sweep` holds the tuning seeds only: the validation split of other seeds than the reporting ones decides.
     """
     return one_se_pick(sweep["val_acc"][..., -1])
+
+
+def tune_rates(arch, rates, seeds, data, epochs, batch_size=64, optimizer="sgd", schedule=None, **settings):
+    """Train every rate on the tuning `seeds` and choose one: the sweep ([rates, seeds, ...]) and best_rate's index.
+
+    The test split is dropped here, so that no choice can see it; the validation split decides.
+    """
+    without_test = {name: split for name, split in data.items() if name != "test"}
+    _, history = train_runs(arch, grid_runs(seeds, rates, **settings), without_test, epochs, batch_size, optimizer,
+                            schedule=schedule, log=False, every_epoch=False)
+    sweep = by_rate(history, len(rates))
+    return sweep, best_rate(sweep)

@@ -17,8 +17,7 @@ PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch 
     "batchnorm": [71.6, 76.2, 78.1, 79.4, 80.6],
 }
 SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82.1}}  # the course version: epochs 1, 5
-COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "groupnorm": "tab:green",
-          "batchnorm_after_relu": "tab:brown", "noisy_batchnorm": "tab:red", "twin": "tab:green"}
+COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "noisy_batchnorm": "tab:red"}
 STYLE = {"baseline": dict(color=COLORS["none"], label="baseline"),   # the tutorial's two models
          "batchnorm": dict(color=COLORS["batchnorm"], label=NORM_LABELS["batchnorm"]),
          "layernorm": dict(color=COLORS["layernorm"], label=NORM_LABELS["layernorm"])}
@@ -28,6 +27,26 @@ def value_ticks(ax, values, rotation=0):
     """x ticks at the values a sweep used, labelled by them, and no minor ticks between them (on a log axis too)."""
     ax.set_xticks(values, [f"{v:,g}" for v in values], rotation=rotation)
     ax.xaxis.set_minor_locator(plt.NullLocator())
+
+
+def margin_lines(ax, margin, axis="x"):
+    """A paired difference's reference lines: 0, and dotted at ± the margin, across the x (or y) axis."""
+    line = ax.axvline if axis == "x" else ax.axhline
+    line(0, color="gray", lw=0.8)
+    for edge in (-margin, margin):
+        line(edge, color="gray", ls=":", lw=1)
+
+
+def paired_lines(before, after, labels, ylabel, title):
+    """One line per seed from `before` to `after` (paired values, log scale): a figure for a ratio at one point."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pair in zip(before, after):
+        ax.plot([0, 1], pair, "o-", color="gray", alpha=0.6)
+    ax.set_xticks([0, 1], labels)
+    ax.set_xlim(-0.4, 1.4)
+    ax.set(yscale="log", ylabel=ylabel, title=title)
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(fig, directory, name, show=True):
@@ -85,9 +104,10 @@ def record_verdict(verdicts, claim, source, experiment, decision, other, section
     """
     number, anchor = section
     c = decision.contrast
-    verdict = decision.outcome + ("" if decision.outcome != "not resolved" else
-                                  f" (the power rule asks for about {decision.seeds_needed:,} seeds)"
-                                  if decision.seeds_needed < 10 ** 6 else " (the estimate sits on a margin edge)")
+    power = ("enough seeds by the power rule" if decision.enough_seeds else
+             f"the power rule asks for about {decision.seeds_needed:,} seeds" if decision.seeds_needed < 10 ** 6 else
+             "the estimate sits on a margin edge")
+    verdict = decision.outcome + (f" ({power})" if decision.outcome == "not resolved" else "")
     claimed = ("above " if c.direction > 0 else "below ") + ("1×" if c.ratio else "0")
     verdicts[claim] = {**dict(zip(VERDICT_COLUMNS, (claim, source, experiment, f"{c.what}; the claim predicts {claimed}",
                                                     f"{decision.margin_text}: {c.why}", verdict, decision.text(),
@@ -97,9 +117,6 @@ def record_verdict(verdicts, claim, source, experiment, decision, other, section
                        "estimate, short": decision.text(short=True),
                        "ci95": [decision.low, decision.high], "contrast": dataclasses.asdict(c),
                        "values": list(decision.values)}
-    power = ("enough seeds by the power rule" if decision.enough_seeds else
-             f"the power rule asks for {decision.seeds_needed:,} seeds" if decision.seeds_needed < 10 ** 6 else
-             "the estimate sits on a margin edge")
     display(Markdown(f"**Verdict: {verdict}.** {c.what}: {decision.text()} (margin {decision.margin_text}; {power})."
                      + (f" *Descriptive:* {other}" if other else "")))
     return decision.outcome

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.engine import Run, Stack, best_rate, by_rate, grid_runs, train_runs
+from bnstudy.engine import Run, Stack, best_rate, by_rate, grid_runs, train_runs, tune_rates
 from bnstudy.models import Arch, FrozenBatchNorm1d, GhostBatchNorm1d, MLP, NoisyBatchNorm1d, make_model
 from bnstudy.probes import dead_fraction, diverged, failed, largest_stable, steps_to_reach
 from bnstudy.stats import fmt_ci, mean_ci, t_quantile
@@ -173,3 +173,16 @@ def test_he_init_and_init_scale(nb):
     scaled, _ = make_model(nb.FashionNetwork, 3, "cpu", init_scale=10.0)
     for a, b in zip(base.state_dict().values(), scaled.state_dict().values()):
         torch.testing.assert_close(10 * a, b)
+
+
+def test_tune_rates_never_sees_the_test_split_and_chooses_by_validation():
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: (torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+    data = {"train": split(320), "val": split(200), "test": split(100)}
+    rates = [0.001, 0.1]
+    sweep, chosen = tune_rates(Arch(norm="batchnorm"), rates, [5, 6], data, 1, 64)
+    assert np.isnan(sweep["test_acc"]).all() and np.isfinite(sweep["val_acc"][..., -1]).all()
+    assert sweep["val_acc"].shape[:2] == (len(rates), 2) and chosen == best_rate(sweep)
+    alone = by_rate(train_runs(Arch(norm="batchnorm"), grid_runs([5, 6], rates), {k: data[k] for k in ("train", "val")},
+                               1, 64, log=False, every_epoch=False)[1], len(rates))
+    np.testing.assert_array_equal(sweep["val_acc"], alone["val_acc"])   # the same runs as train_runs on that data
