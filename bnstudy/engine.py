@@ -247,7 +247,8 @@ class Stack:
         for xc, yc in zip(X.split(chunk), y.split(chunk)):
             out = self.logits(xc, chunk)
             loss = loss + F.cross_entropy(out, yc.expand(self.K, -1), reduction="none").sum(1)
-            hits = hits + (out.argmax(1) == yc).sum(1)
+            # the same indices as out.argmax(1), but an argmax over a last axis is several times faster on the CPU
+            hits = hits + (out.transpose(1, 2).contiguous().argmax(-1) == yc).sum(1)
         return loss / len(X), hits / len(X)
 
     def per_run(self, values):
@@ -457,3 +458,12 @@ def tune_rates(arch, rates, seeds, data, epochs, batch_size=64, optimizer="sgd",
                             schedule=schedule, log=False, every_epoch=False)
     sweep = by_rate(history, len(rates))
     return sweep, best_rate(sweep)
+
+
+def report_runs(arch, runs, data, epochs, batch_size=64, optimizer="sgd", **options):
+    """train_runs for reporting seeds: the validation split, which chooses and is never reported, is dropped here.
+
+    Nothing reads it there, and evaluating it costs time (20,000 images per model, every epoch where asked).
+    """
+    without_val = {name: split for name, split in data.items() if name != "val"}
+    return train_runs(arch, runs, without_val, epochs, batch_size, optimizer, **options)
