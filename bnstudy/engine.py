@@ -120,8 +120,10 @@ class Stack:
                                beta.view(-1), training, self.bn_momentum, eps).view(K, F_, B)
             if norm == "noisy_batchnorm" and training:
                 units, samples = feature_major_index(F_, B, h.device)
-                scale, shift = self.seed_draws(lambda seed: bn_noise(seed, step, i, self.arch.noise, units, samples))
-                out = out * scale.to(out.dtype) + shift.to(out.dtype)
+                # drawn in float64 once per seed, cast before seed_draws repeats them for the seed's runs
+                scale, shift = self.seed_draws(lambda seed: tuple(t.to(out.dtype) for t in bn_noise(
+                    seed, step, i, self.arch.noise, units, samples)))
+                out = out * scale + shift
             return out
         if norm == "ghost_batchnorm":
             return self.ghost_batch_norm(i, h)

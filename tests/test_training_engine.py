@@ -127,6 +127,25 @@ def test_counter_uniform_is_a_function_of_its_counters():
     assert torch.equal(counter_uniform(seeds, 3, 1, index)[0], u)
 
 
+def murmur_fmix32(h):
+    """MurmurHash3's finaliser on one Python int (a 32-bit word): the reference that int32 tensor arithmetic must match."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_counter_uniform_matches_murmur3_on_python_ints():
+    # counter_uniform computes in int32 bit patterns (wrapping products, masked shifts); every word must be the
+    # one exact 32-bit arithmetic gives, including words with the top bit set and index values past 2**31
+    index = torch.cat([torch.arange(3000), torch.tensor([2**31 - 1, 2**31, 2**32 - 1])])
+    for seed, step, stream in ((0, 0, 0), (42, 7, 3), (1041, 99_999, 207), (10**6, 3925, 100)):
+        key = murmur_fmix32((seed * 0x9E3779B1 + step * 0x7F4A7C15 + stream * 0x632BE5AB) & 0xFFFFFFFF)
+        expected = torch.tensor([murmur_fmix32(key ^ i) / 2**32 for i in index.tolist()], dtype=torch.float64)
+        assert torch.equal(counter_uniform(seed, step, stream, index), expected)
+
+
 def test_dropout_masks_are_nested_across_rates_and_keep_the_expectation():
     x = torch.ones(256, 64)
     masks = {}
