@@ -128,7 +128,7 @@ def test_counter_uniform_is_a_function_of_its_counters():
 
 
 def murmur_fmix32(h):
-    """MurmurHash3's finaliser on one Python int (a 32-bit word): the reference that int32 tensor arithmetic must match."""
+    """MurmurHash3's finaliser on one Python int (a 32-bit word): what the int32 tensor arithmetic must reproduce."""
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF
     h ^= h >> 13
