@@ -19,7 +19,7 @@ M32 = 0xFFFFFFFF  # the counter-based random numbers below work in 32-bit words
 
 
 def as_words(values):
-    """Integers in [0, 2**32) (an int64 tensor) as an int32 tensor of the same 32-bit patterns."""
+    """Integers in [0, 2**32) (an int64 tensor) as an int32 tensor of the same 32-bit patterns (larger ones wrap)."""
     return torch.where(values > 0x7FFFFFFF, values - 2**32, values).to(torch.int32)
 
 
@@ -27,7 +27,7 @@ def fmix32(h):
     """MurmurHash3's 32-bit finaliser on an int32 tensor of 32-bit words (bit patterns): a cheap, well-mixed bijection.
 
     int32 products wrap modulo 2**32 as the words' do, and >> on int32 copies the sign bit, so a mask makes it the
-    logical shift the hash wants. Four bytes a word instead of eight: on the CPU about three times faster.
+    logical shift the hash wants. Four bytes a word instead of eight: less memory to stream through per draw.
     """
     h = h ^ ((h >> 16) & 0xFFFF)
     h = h * (0x85EBCA6B - 2**32)  # the constants as signed 32-bit words
@@ -41,8 +41,8 @@ def counter_uniform(seed, step, stream, index):
 
     Like Philox, a counter-based generator: any path (one model, K stacked models, CPU or GPU) that asks for the same
     (seed, step, stream, index) gets the same number, so dropout masks and noise can be checked across paths.
-    `seed` and `stream` may be tensors (one seed per model, several streams at once); `index` is an int64 tensor;
-    all three broadcast against each other.
+    `seed` and `stream` may be tensors (one seed per model, several streams at once); `index` is an int64 tensor of
+    values below 2**32; all three broadcast against each other.
     """
     seed = torch.as_tensor(seed, dtype=torch.int64, device=index.device)
     key = fmix32(as_words((seed * 0x9E3779B1 + step * 0x7F4A7C15 + stream * 0x632BE5AB) & M32))

@@ -134,6 +134,7 @@ def test_readme_speed_table_is_the_benchmark_output(readme):
     best = max((e for e in speed["entries"] if e["path"] == "stacked"), key=lambda e: e["fraction_of_peak"])
     share = f"{100 * best['fraction_of_peak']:.0f} %"
     assert f"K = {best['k']}, {best['order']} batch order) reaches {share} of the peak" in readme
+    assert notebook["efficiency"] < best["fraction_of_peak"], "the README says the notebook stays below that share"
     summary = results("study_summary")["summary"]
     assert f"committed run took {notebook['wall_seconds']:.0f} s" in readme
     assert f"About {summary['model_epochs_trained']:,.0f} model-epochs" in readme
