@@ -113,11 +113,12 @@ class Stack:
     def normalise(self, i, h, training, step):
         """Hidden layer i's normalisation of h [K, F, B] (features by samples), for all K models at once."""
         K, F_, B = h.shape
-        norm, gamma, beta, eps = self.arch.norm, self.gamma[i][..., None], self.beta[i][..., None], BN_EPS
+        norm, eps = self.arch.norm, BN_EPS
         if norm in ("batchnorm", "batchnorm_after_relu", "noisy_batchnorm") or norm == "ghost_batchnorm" and not training:
             # The K models' units are K * F channels of one [1, K * F, B] input: PyTorch's kernel does them all at once
-            out = F.batch_norm(h.reshape(1, K * F_, B), self.running_mean[i], self.running_var[i], gamma.view(-1),
-                               beta.view(-1), training, self.bn_momentum, eps).view(K, F_, B)
+            out = F.batch_norm(h.reshape(1, K * F_, B), self.running_mean[i], self.running_var[i],
+                               self.gamma[i].view(-1), self.beta[i].view(-1), training, self.bn_momentum, eps)
+            out = out.view(K, F_, B)
             if norm == "noisy_batchnorm" and training:
                 units, samples = feature_major_index(F_, B, h.device)
                 # drawn in float64 once per seed, cast before seed_draws repeats them for the seed's runs
@@ -127,6 +128,7 @@ class Stack:
             return out
         if norm == "ghost_batchnorm":
             return self.ghost_batch_norm(i, h)
+        gamma, beta = self.gamma[i][..., None], self.beta[i][..., None]   # [K, F, 1]: broadcast over the samples
         if norm in ("layernorm", "groupnorm"):  # statistics over the units (of a group) of each sample: sample-major
             per_sample = h.transpose(1, 2).reshape(K * B, F_)
             out = F.group_norm(per_sample, self.arch.groups if norm == "groupnorm" else 1, eps=eps)
@@ -194,7 +196,7 @@ class Stack:
         targets = yb.expand(self.K, -1) if self.U == 1 else yb.repeat_interleave(self.G, 0)
         losses = F.cross_entropy(logits, targets, reduction="none").mean(1)
         # plain SGD differentiates sum_k lr_k * L_k: every gradient comes out scaled by its own model's lr, ready to apply
-        objective = losses @ (self.lr * lr_factor) if self.fused_sgd else losses.sum()
+        objective = losses @ self.rates(lr_factor) if self.fused_sgd else losses.sum()
         grads = torch.autograd.grad(objective, [h0] + self.small)
         with torch.no_grad():
             self.update(xb, grads[0].reshape(self.U, -1, xb.shape[1]), list(grads[1:]), lr_factor)
@@ -202,11 +204,15 @@ class Stack:
         hits = (logits.detach().transpose(1, 2).contiguous().argmax(-1) == targets).sum(1)  # argmax over a last axis
         return losses.detach(), hits
 
+    def rates(self, lr_factor):
+        """Each model's lr at this step, [K]: times a schedule's factor, if it is not 1 (x * 1.0 is x: one op fewer)."""
+        return self.lr if lr_factor == 1.0 else self.lr * lr_factor
+
     def update(self, xb, d_h0, grads, lr_factor):
         """Apply the optimiser to every parameter; d_h0 [U, G * F1, B] is the gradient at the first Linear's output.
 
         For plain SGD (fused_sgd) train_step hands over gradients already multiplied by each model's lr."""
-        lr = self.lr * lr_factor
+        lr = self.rates(lr_factor)
         (W0, _, _), (b0, _, _) = self.specs[:2]
         if not self.fused_sgd:
             grads = [torch.bmm(d_h0, xb, out=self.state[0].setdefault("grad", torch.empty_like(W0))),
@@ -464,8 +470,8 @@ def tune_rates(arch, rates, seeds, data, epochs, batch_size=64, optimizer="sgd",
 
 def report_runs(arch, runs, data, epochs, batch_size=64, optimizer="sgd", **options):
     """train_runs for reporting seeds, without the validation split: it chooses hyper-parameters (tune_rates) and
-    is never reported, so evaluating it there would only cost time. val_loss and val_acc come back as NaN; the
-    probe split (the first validation images, for accuracy curves) stays if `data` has it.
+    is never reported, so evaluating it there would only cost time. val_loss and val_acc come back as NaN; a probe
+    split for accuracy curves stays if `data` has one.
     """
     without_val = {name: split for name, split in data.items() if name != "val"}
     return train_runs(arch, runs, without_val, epochs, batch_size, optimizer, **options)
