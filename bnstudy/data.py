@@ -105,3 +105,8 @@ def standardized(data):
 def first_images(data, n):
     """The splits in `data` with the training split cut to its first n images (a smaller, cheaper training set)."""
     return {**data, "train": tuple(t[:n] for t in data["train"])}
+
+
+def without(data, split):
+    """The splits in `data` but one: tuning never sees "test", reporting runs do not evaluate "val"."""
+    return {name: part for name, part in data.items() if name != split}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import epoch_permutation, standardized
+from .data import epoch_permutation, standardized, without
 from .models import BN_EPS, DROPOUT_STREAM, MLP, FrozenBatchNorm1d, bn_noise, counter_uniform, make_model, norm_layers
 from .stats import one_se_pick
 
@@ -38,6 +38,14 @@ def feature_major_index(F_, B, device):
     """Counter indices for [..., F, B] activations: unit f, and (sample b, unit f) as b * F + f, as one model counts."""
     units = torch.arange(F_, device=device)[:, None]
     return units, torch.arange(B, device=device) * F_ + units
+
+
+def correct(logits, targets):
+    """Per model, how many samples logits [K, 10, B] classify as targets ([B], or [K, B] per model): a [K] tensor.
+
+    The same indices as logits.argmax(1); PyTorch's CPU argmax is much faster over a contiguous last axis.
+    """
+    return (logits.transpose(1, 2).contiguous().argmax(-1) == targets).sum(1)
 
 
 class Stack:
@@ -195,24 +203,20 @@ class Stack:
         logits = self.hidden_and_output(h0, training=True, step=self.steps_taken)     # [K, 10, B]
         targets = yb.expand(self.K, -1) if self.U == 1 else yb.repeat_interleave(self.G, 0)
         losses = F.cross_entropy(logits, targets, reduction="none").mean(1)
+        lr = self.lr if lr_factor == 1.0 else self.lr * lr_factor   # [K]; x * 1.0 is x: no op without a schedule
         # plain SGD differentiates sum_k lr_k * L_k: every gradient comes out scaled by its own model's lr, ready to apply
-        objective = losses @ self.rates(lr_factor) if self.fused_sgd else losses.sum()
+        objective = losses @ lr if self.fused_sgd else losses.sum()
         grads = torch.autograd.grad(objective, [h0] + self.small)
         with torch.no_grad():
-            self.update(xb, grads[0].reshape(self.U, -1, xb.shape[1]), list(grads[1:]), lr_factor)
+            self.update(xb, grads[0].reshape(self.U, -1, xb.shape[1]), list(grads[1:]), lr)
         self.steps_taken += 1
-        hits = (logits.detach().transpose(1, 2).contiguous().argmax(-1) == targets).sum(1)  # argmax over a last axis
-        return losses.detach(), hits
+        return losses.detach(), correct(logits.detach(), targets)
 
-    def rates(self, lr_factor):
-        """Each model's lr at this step, [K]: times a schedule's factor, if it is not 1 (x * 1.0 is x: one op fewer)."""
-        return self.lr if lr_factor == 1.0 else self.lr * lr_factor
-
-    def update(self, xb, d_h0, grads, lr_factor):
-        """Apply the optimiser to every parameter; d_h0 [U, G * F1, B] is the gradient at the first Linear's output.
+    def update(self, xb, d_h0, grads, lr):
+        """Apply the optimiser to every parameter, each model at its lr [K] of this step; d_h0 [U, G * F1, B] is the
+        gradient at the first Linear's output.
 
         For plain SGD (fused_sgd) train_step hands over gradients already multiplied by each model's lr."""
-        lr = self.rates(lr_factor)
         (W0, _, _), (b0, _, _) = self.specs[:2]
         if not self.fused_sgd:
             grads = [torch.bmm(d_h0, xb, out=self.state[0].setdefault("grad", torch.empty_like(W0))),
@@ -255,8 +259,7 @@ class Stack:
         for xc, yc in zip(X.split(chunk), y.split(chunk)):
             out = self.logits(xc, chunk)
             loss = loss + F.cross_entropy(out, yc.expand(self.K, -1), reduction="none").sum(1)
-            # the same indices as out.argmax(1); PyTorch's CPU argmax is much faster over a contiguous last axis
-            hits = hits + (out.transpose(1, 2).contiguous().argmax(-1) == yc).sum(1)
+            hits = hits + correct(out, yc)
         return loss / len(X), hits / len(X)
 
     def per_run(self, values):
@@ -461,9 +464,8 @@ def tune_rates(arch, rates, seeds, data, epochs, batch_size=64, optimizer="sgd",
 
     The test split is dropped here, so that no choice can see it; the validation split decides.
     """
-    without_test = {name: split for name, split in data.items() if name != "test"}
-    _, history = train_runs(arch, grid_runs(seeds, rates, **settings), without_test, epochs, batch_size, optimizer,
-                            schedule=schedule, log=False, every_epoch=False)
+    _, history = train_runs(arch, grid_runs(seeds, rates, **settings), without(data, "test"), epochs, batch_size,
+                            optimizer, schedule=schedule, log=False, every_epoch=False)
     sweep = by_rate(history, len(rates))
     return sweep, best_rate(sweep)
 
@@ -473,5 +475,4 @@ def report_runs(arch, runs, data, epochs, batch_size=64, optimizer="sgd", **opti
     is never reported, so evaluating it there would only cost time. val_loss and val_acc come back as NaN; a probe
     split for accuracy curves stays if `data` has one.
     """
-    without_val = {name: split for name, split in data.items() if name != "val"}
-    return train_runs(arch, runs, without_val, epochs, batch_size, optimizer, **options)
+    return train_runs(arch, runs, without(data, "val"), epochs, batch_size, optimizer, **options)
