@@ -5,7 +5,9 @@ from numbers import Integral, Real
 
 import torch
 
-TRAIN_IMAGES = 60_000                         # Fashion-MNIST's training set; the last VAL_SIZE of them validate
+from .data import TRAIN_IMAGES
+from .protocol import MAX_REPORTING_SEEDS, TUNING_OFFSET
+
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICES_ALLOWED = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
@@ -45,7 +47,7 @@ def _margins():
 
 
 SETTINGS = {  # name: (check, what is allowed)
-    "SEED": _int(0), "BATCH_SIZE": _int(2), "LR": _positive(), "EPOCHS": _int(2), "N_SEEDS": _int(2),
+    "SEED": _int(0), "BATCH_SIZE": _int(2), "CHECK_SIZE": _int(2), "LR": _positive(), "EPOCHS": _int(2), "N_SEEDS": _int(2),
     "TUNING_SEEDS": _int(2), "MIN_SEEDS": _int(2), "MAX_SEEDS": _int(2), "MARGINS": _margins(),
     "VAL_SIZE": _int(1), "PROBE_SIZE": _int(1), "LEARNING_RATES": _list(_positive()),
     "HIGH_RATES": _list(_positive()), "EFFECTIVE_LR_AT": _positive(),
@@ -70,7 +72,7 @@ def _train(s):
 def _batches_split(s):
     """Every (training-set size, batch size) pair the notebook trains or recomputes statistics with."""
     pairs = [(TRAIN_IMAGES, s["BATCH_SIZE"]), (_train(s), s["BATCH_SIZE"])]
-    pairs += [(3_200, s["BATCH_SIZE"])]   # the engine check of section 2 trains on the first 3,200 training images
+    pairs += [(s["CHECK_SIZE"], s["BATCH_SIZE"])]   # the engine check of section 2
     return pairs + [(s[name], s["BATCH_SIZE"]) for name in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE")]
 
 
@@ -82,10 +84,10 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
     (lambda s: s["MIN_SEEDS"] <= s["MAX_SEEDS"], "MIN_SEEDS must be at most MAX_SEEDS"),
     (lambda s: s["N_SEEDS"] >= s["MIN_SEEDS"], "N_SEEDS must be at least MIN_SEEDS (sections 2 and 6.1 decide on them)"),
     (lambda s: s["VAL_SIZE"] < TRAIN_IMAGES and s["PROBE_SIZE"] <= s["VAL_SIZE"],
-     "VAL_SIZE must be below 60,000 (the training images) and PROBE_SIZE at most VAL_SIZE"),
+     f"VAL_SIZE must be below {TRAIN_IMAGES:,} (the training images) and PROBE_SIZE at most VAL_SIZE"),
     (lambda s: all(s[n] <= _train(s) for n in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE",
                                                "LANDSCAPE_SIZE")) and s["ACTIVATION_IMAGES"] <= TRAIN_IMAGES,
-     "DEPTH_, SHORT_, LONG_TRAIN_SIZE and LANDSCAPE_SIZE must fit in the training split (60,000 − VAL_SIZE)"),
+     f"DEPTH_, SHORT_, LONG_TRAIN_SIZE and LANDSCAPE_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
     (lambda s: math.ceil(_train(s) / s["BATCH_SIZE"]) > 100,
      "an epoch of the training split must have more than 100 steps (3.2 follows the weights at step 100)"),
     (lambda s: all(n % b != 1 for n, b in _batches_split(s)),
@@ -93,9 +95,11 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
     (lambda s: {4, 10_000} <= set(s["TEST_BATCH_SIZES"]),
      "TEST_BATCH_SIZES must include 4 and 10000 (the evaluation-pitfall verdict reads them)"),
     (lambda s: len(s["DEPTHS"]) >= 2, "DEPTHS needs at least two depths to compare"),
-    (lambda s: s["SEED"] + 1000 + max(s["N_SEEDS"], s["MAX_SEEDS"], s["TUNING_SEEDS"]) < 2**31,
-     "SEED + 1000 + the number of seeds must stay below 2**31"),
-    (lambda s: max(s["N_SEEDS"], s["MAX_SEEDS"]) <= 1000, "at most 1,000 reporting seeds (tuning seeds start at SEED + 1000)"),
+    (lambda s: s["SEED"] + TUNING_OFFSET + max(s["N_SEEDS"], s["MAX_SEEDS"], s["TUNING_SEEDS"]) < 2**31,
+     f"SEED + {TUNING_OFFSET:,} + the number of seeds must stay below 2**31"),
+    (lambda s: max(s["N_SEEDS"], s["MAX_SEEDS"]) <= MAX_REPORTING_SEEDS,
+     f"at most {MAX_REPORTING_SEEDS:,} reporting seeds (tuning seeds start at SEED + {TUNING_OFFSET:,})"),
+    (lambda s: s["CHECK_SIZE"] <= _train(s), f"CHECK_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
 )
 
 

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torchvision.transforms import ToTensor
 
+TRAIN_IMAGES = 60_000   # Fashion-MNIST's training set (the last VAL_SIZE of them validate): one model-epoch
 RAW_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -94,12 +95,6 @@ def resident_batches(data, batch_size, generator):
     X, y = data
     for idx in epoch_permutation(len(X), generator).to(X.device).split(batch_size):
         yield X[idx], y[idx]
-
-
-def standardized(data):
-    """Every split as (x - mean) / std, with the pixel mean and std of the training split only."""
-    mean, std = data["train"][0].mean(), data["train"][0].std()
-    return {name: ((X - mean) / std, y) for name, (X, y) in data.items()}
 
 
 def first_images(data, n):

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 from IPython.display import Image, Markdown, display
 
-from .models import NORM_LABELS
+from .norms import NORMS
 
 
 PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch (Raminyazdani/neural-network-training-techniques)
@@ -17,10 +17,15 @@ PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch 
     "batchnorm": [71.6, 76.2, 78.1, 79.4, 80.6],
 }
 SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82.1}}  # the course version: epochs 1, 5
-COLORS = {"none": "tab:blue", "batchnorm": "tab:orange", "layernorm": "tab:purple", "noisy_batchnorm": "tab:red"}
-STYLE = {"baseline": dict(color=COLORS["none"], label="baseline"),   # the tutorial's two models
-         "batchnorm": dict(color=COLORS["batchnorm"], label=NORM_LABELS["batchnorm"]),
-         "layernorm": dict(color=COLORS["layernorm"], label=NORM_LABELS["layernorm"])}
+
+
+def style(norm, label=None):
+    """A line's colour and label from the registry entry of a normalisation (label: another name, e.g. baseline)."""
+    return dict(color=NORMS[norm].color, label=label or NORMS[norm].label)
+
+
+STYLE = {"baseline": style("none", "baseline"), "batchnorm": style("batchnorm"),   # the tutorial's two models
+         "layernorm": style("layernorm")}
 
 
 def value_ticks(ax, values, rotation=0):
@@ -96,11 +101,13 @@ VERDICT_COLUMNS = ("claim", "where it comes from", "experiment", "primary contra
                    "estimate [95 % CI]", "other numbers (descriptive)", "section")
 
 
-def record_verdict(verdicts, claim, source, experiment, decision, other, section):
+def record_verdict(verdicts, claim, source, experiment, decision, other, section, stated=None):
     """Add one row to the verdict table from a `bnstudy.stats.decide` Decision, and show it where it was decided.
 
     The verdict is the decision's outcome and nothing else; `other` holds descriptive numbers, which decide
-    nothing. `section` is (number, anchor id). Returns the outcome, for the assert that pins the stated finding.
+    nothing. `section` is (number, anchor id). `stated` is the outcome that the prose finding below the cell was
+    written for: a run with another SEED or other settings may reach another, and then a note says so where the
+    reader meets the finding (the verdict is a result, so the notebook does not stop). Returns the outcome.
     """
     number, anchor = section
     c = decision.contrast
@@ -119,6 +126,10 @@ def record_verdict(verdicts, claim, source, experiment, decision, other, section
                        "values": list(decision.values)}
     display(Markdown(f"**Verdict: {verdict}.** {c.what}: {decision.text()} (margin {decision.margin_text}; {power})."
                      + (f" *Descriptive:* {other}" if other else "")))
+    verdicts[claim]["finding written for"] = stated
+    if stated is not None and stated != decision.outcome:
+        display(Markdown(f"**Note: this run's verdict is *{decision.outcome}*. The finding below was written for a "
+                         f"run whose verdict was *{stated}*, so it does not describe this run.**"))
     return decision.outcome
 
 

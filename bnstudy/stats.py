@@ -1,4 +1,4 @@
-"""Statistics over seeds: means with Student's t confidence intervals, the decision rule, the selection rule."""
+"""Statistics over seeds: means with Student's t confidence intervals, the decision rule and the power rule."""
 import dataclasses
 import functools
 import math
@@ -158,18 +158,3 @@ def decide(values, contrast, level=0.95):
 def plan_seeds(tuning_values, contrast, minimum=10, maximum=30):
     """Reporting seeds for a contrast from its spread on the tuning seeds: the power rule, within [minimum, maximum]."""
     return int(min(maximum, max(minimum, seeds_needed(tuning_values, contrast))))
-
-
-def one_se_pick(scores):
-    """Index of the smallest candidate whose mean score is within one standard error of the best mean.
-
-    scores: [candidates, tuning seeds], higher is better, candidates in increasing order (e.g. learning rates).
-    On a plateau of near-equal candidates the plain argmax moves with the seed set; this rule does not as easily.
-    """
-    scores = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
-    means = scores.mean(1)
-    if not np.isfinite(means).any():
-        raise ValueError("no candidate has a finite mean score (was a validation split given?)")
-    best = int(np.argmax(means))
-    se = scores[best].std(ddof=1) / math.sqrt(scores.shape[1]) if scores.shape[1] > 1 else 0.0
-    return int(np.flatnonzero(means >= means[best] - se)[0])

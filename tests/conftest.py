@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_notebook import REPO, data_root, load_definitions  # noqa: E402
-
-sys.path.insert(0, str(REPO))  # the package bnstudy/ beside the notebook, as the notebook's kernel finds it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bnstudy/ beside the notebook, as its kernel finds it
 from bnstudy.data import load_fashion_mnist, to_device_tensors  # noqa: E402
+from bnstudy.notebook import data_root, load_definitions  # noqa: E402
 
 # nbval re-executes the notebook in a kernel that inherits this environment: its figures and JSON go to a
 # temporary folder, so running the tests leaves the committed results/ (and `git status`) untouched.

@@ -1,7 +1,7 @@
 """The README's test command is the one both CI paths run, character for character."""
 import re
 
-from study_notebook import REPO
+from bnstudy.notebook import REPO
 
 
 def readme_commands():

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from study_notebook import NOTEBOOK, load_notebook
+from bnstudy.notebook import NOTEBOOK, load_notebook
 
 MACHINE_PATHS = ("/work/", "/tmp/", "/root/", "/home/", "/Users/", "C:\\\\")
 
@@ -62,9 +62,11 @@ def test_definition_cells_have_no_side_effects(committed):
 def test_saved_progress_is_plain_text_lines(committed):
     """Progress bars leave no carriage-return debris in the saved file: GitHub shows what a terminal would."""
     streams = [o for c in code_cells(committed) for o in c["outputs"] if o["output_type"] == "stream"]
-    assert streams and not any("\r" in "".join(o["text"]) for o in streams)
-    epoch_lines = [line for o in streams for line in "".join(o["text"]).splitlines() if " epoch " in line]
-    assert any(re.match(r"batchnorm ×\d+ epoch 5/5: train loss", line) for line in epoch_lines)
+    assert streams and not any("\r" in "".join(o["text"]) or "%|" in "".join(o["text"]) for o in streams)
+    lines = [line for o in streams for line in "".join(o["text"]).splitlines()]
+    assert any(re.match(r"BatchNorm ×\d+ epoch 5/5: train loss", line) for line in lines)
+    records = [line for line in lines if re.match(r"[\d.]+ · .+: \d+ runs × \d+ epochs? of [\d,]+ images$", line)]
+    assert len(records) >= 20, "every pass leaves the one line that says what it trained"
 
 
 def test_the_answer_opens_the_notebook(committed):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bnstudy.config import SETTINGS, check_config, pick_device
-from study_notebook import load_parameters
+from bnstudy.notebook import load_parameters
 
 
 def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from bnstudy.stats import OUTCOMES, Contrast, decide, mean_ci, one_se_pick, plan_seeds, seeds_needed, t_quantile
+from bnstudy.protocol import one_se_pick
+from bnstudy.stats import OUTCOMES, Contrast, decide, mean_ci, plan_seeds, seeds_needed, t_quantile
 
 POINTS = Contrast("A − B (points)", direction=+1, margin=1.0, why="a point of accuracy")
 FEWER = Contrast("steps A / steps B", direction=-1, margin=1.25, why="a quarter fewer steps", ratio=True, unit="×")

@@ -4,9 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.engine import Run, Stack, best_rate, by_rate, grid_runs, train_runs, tune_rates
-from bnstudy.models import Arch, FrozenBatchNorm1d, GhostBatchNorm1d, MLP, NoisyBatchNorm1d, make_model
+from bnstudy.engine import train_runs
+from bnstudy.models import MLP, Arch, Run, make_model
+from bnstudy.norms import FrozenBatchNorm1d, GhostBatchNorm1d, NoisyBatchNorm1d
 from bnstudy.probes import dead_fraction, diverged, failed, largest_stable, steps_to_reach
+from bnstudy.protocol import Protocol, best_rate, by_rate, grid_runs, one_se_pick
+from bnstudy.stack import StackedMLP
 from bnstudy.stats import fmt_ci, mean_ci, t_quantile
 
 
@@ -73,9 +76,9 @@ def test_batch_statistics_forward_is_train_mode_without_side_effects(nb):
 
 
 def test_accuracy_with_batch_statistics(nb, fashion):
-    stack, _ = train_runs(Arch(norm="batchnorm"), [Run(0, 0.05)],
-                             {"train": tuple(t[:4096] for t in fashion["train"]), "test": fashion["test"]}, 1, log=False)
-    model = stack.to_modules()[0]
+    trained = train_runs([Run(0, 0.05, arch=Arch(norm="batchnorm"))], {"train": tuple(t[:4096] for t in fashion["train"])},
+                         1)
+    model = trained.models.to_modules()[0]
     X, y = (t[:2000] for t in fashion["test"])
     whole = (nb.forward_with_batch_statistics(model, X).argmax(1) == y).float().mean().item()
     shuffled = torch.randperm(2000, generator=torch.Generator().manual_seed(0))
@@ -102,9 +105,9 @@ def test_t_quantile_and_confidence_interval():
 
 
 def test_grid_runs_and_by_rate_round_trip():
-    runs = grid_runs([1, 2], [0.1, 0.2, 0.3], dropout=0.5)
+    runs = grid_runs([1, 2], [0.1, 0.2, 0.3], Arch(norm="layernorm"), dropout=0.5)
     assert [(r.seed, r.lr) for r in runs] == [(1, 0.1), (1, 0.2), (1, 0.3), (2, 0.1), (2, 0.2), (2, 0.3)]
-    assert all(r.dropout == 0.5 for r in runs)
+    assert all(r.dropout == 0.5 and r.arch.norm == "layernorm" for r in runs)
     history = {"test_acc": np.array([[10], [20], [30], [11], [21], [31]]), "curve_steps": np.arange(3)}
     shaped = by_rate(history, 3)
     assert shaped["test_acc"][:, :, 0].tolist() == [[10, 11], [20, 21], [30, 31]]  # [rates, seeds]
@@ -136,11 +139,12 @@ def test_divergence_collapse_and_steps_to_reach():
 
 
 def test_dead_fraction_counts_units_that_never_fire():
-    stack = Stack(Arch(hidden=(4, 2)), [Run(1)], "cpu")
+    models = StackedMLP([Run(1, arch=Arch(hidden=(4, 2)))], "cpu")
+    (W0, b0), (W1, b1) = models.linear(0), models.linear(1)
     with torch.no_grad():
-        stack.W[0].zero_(), stack.b[0].copy_(torch.tensor([1.0, -1.0, -1.0, -1.0]).view(1, 4, 1))
-        stack.W[1].zero_(), stack.b[1].copy_(torch.tensor([-1.0, 1.0]).view(1, 2, 1))
-    assert dead_fraction(stack, torch.rand(10, 784)).tolist() == [pytest.approx(4 / 6)]
+        W0.zero_(), b0.copy_(torch.tensor([[1.0, -1.0, -1.0, -1.0]]))
+        W1.zero_(), b1.copy_(torch.tensor([[-1.0, 1.0]]))
+    assert dead_fraction(models, torch.rand(10, 784)).tolist() == [pytest.approx(4 / 6)]
 
 
 def test_modules_of_the_variants():
@@ -175,14 +179,44 @@ def test_he_init_and_init_scale(nb):
         torch.testing.assert_close(10 * a, b)
 
 
-def test_tune_rates_never_sees_the_test_split_and_chooses_by_validation():
+def test_tuning_never_sees_the_test_split_and_reporting_never_the_validation_split():
     g = torch.Generator().manual_seed(0)
     split = lambda n: (torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
     data = {"train": split(320), "val": split(200), "test": split(100)}
+    protocol = Protocol(5, 2, 64, progress=False)
     rates = [0.001, 0.1]
-    sweep, chosen = tune_rates(Arch(norm="batchnorm"), rates, [5, 6], data, 1, 64)
-    assert np.isnan(sweep["test_acc"]).all() and np.isfinite(sweep["val_acc"][..., -1]).all()
-    assert sweep["val_acc"].shape[:2] == (len(rates), 2) and chosen == best_rate(sweep)
-    alone = by_rate(train_runs(Arch(norm="batchnorm"), grid_runs([5, 6], rates), {k: data[k] for k in ("train", "val")},
-                               1, 64, log=False, every_epoch=False)[1], len(rates))
-    np.testing.assert_array_equal(sweep["val_acc"], alone["val_acc"])   # the same runs as train_runs on that data
+    grids = {"bn": (Arch(norm="batchnorm"), rates, {}), "ln": (Arch(norm="layernorm"), rates, {"momentum": 0.9})}
+    tuned = protocol.tune("tuning", grids, data, 1)
+    for name, (sweep, chosen) in tuned.items():
+        assert "test_acc" not in sweep and np.isfinite(sweep["val_acc"][..., -1]).all()
+        assert sweep["val_acc"].shape[:2] == (len(rates), 2) and chosen == best_rate(sweep)
+    alone = by_rate(train_runs(grid_runs(protocol.tuning_seeds, rates, Arch(norm="batchnorm")),
+                               {k: data[k] for k in ("train", "val")}, 1, 64, evaluate=("val",)).history, len(rates))
+    np.testing.assert_allclose(tuned["bn"][0]["val_acc"], alone["val_acc"], atol=1e-6)   # as if trained alone
+    reported = protocol.report("reporting", {"bn": [Run(s, 0.1, arch=Arch(norm="batchnorm"))
+                                                    for s in protocol.reporting_seeds(3)]}, data, 1)
+    assert "val_acc" not in reported["bn"].history and reported["bn"].history["test_acc"].shape == (3, 1)
+    assert protocol.model_epochs == pytest.approx((2 * 2 * 2 + 3) * 320 / 60_000)   # what every pass returned
+    assert not set(protocol.tuning_seeds) & set(protocol.reporting_seeds(1000))
+    with pytest.raises(ValueError, match="at most 1,000 reporting seeds"):
+        protocol.reporting_seeds(1001)
+
+
+def test_parts_come_back_in_the_order_given():
+    """A pass of named lists: each part's history rows and models in its own given order (not the stack's)."""
+    data = {"train": (torch.rand(128, 784, generator=torch.Generator().manual_seed(1)), torch.arange(128) % 10)}
+    named = {"a": [Run(2, 0.1), Run(1, 0.2)], "b": [Run(1, 0.3, arch=Arch(norm="batchnorm")), Run(2, 0.4)]}
+    parts = Protocol(1, 2, 64, progress=False).train("parts", named, data, 1)
+    for name, runs in named.items():
+        assert [m.layers[0].weight.shape for m in parts[name].models.to_modules()] == [(64, 784)] * 2
+        lrs = parts[name].models.per_run(parts[name].models.lr)
+        assert lrs.tolist() == pytest.approx([r.lr for r in runs])
+
+
+def test_the_selection_rule_prefers_the_smallest_candidate_within_one_standard_error():
+    scores = np.array([[0.80, 0.82, 0.81], [0.84, 0.86, 0.85], [0.84, 0.88, 0.86]])
+    assert one_se_pick(scores) == 1                     # 0.85 is within one SE (0.012) of the best mean, 0.86
+    assert np.argmax(scores.mean(1)) == 2
+    assert one_se_pick(np.array([[0.5, 0.6], [0.9, 0.95], [np.nan, np.nan]])) == 1
+    with pytest.raises(ValueError):
+        one_se_pick(np.full((2, 3), np.nan))
