@@ -123,7 +123,8 @@ def record_verdict(verdicts, claim, source, experiment, decision, other, section
                        "seeds needed": decision.seeds_needed, "estimate": decision.estimate,
                        "estimate, short": decision.text(short=True),
                        "ci95": [decision.low, decision.high], "contrast": dataclasses.asdict(c),
-                       "values": list(decision.values)}
+                       "values": list(decision.values),
+                       "images": dataclasses.asdict(decision.images) if decision.images is not None else None}
     display(Markdown(f"**Verdict: {verdict}.** {c.what}: {decision.text()} (margin {decision.margin_text}; {power})."
                      + (f" *Descriptive:* {other}" if other else "")))
     verdicts[claim]["finding written for"] = stated
@@ -131,6 +132,32 @@ def record_verdict(verdicts, claim, source, experiment, decision, other, section
         display(Markdown(f"**Note: this run's verdict is *{decision.outcome}*. The finding below was written for a "
                          f"run whose verdict was *{stated}*, so it does not describe this run.**"))
     return decision.outcome
+
+
+WHY = {  # what each outcome says about the CI, in the words of the decision rule
+    "holds": "its 95 % CI lies beyond the {margin} margin in the direction the claim predicts",
+    "no effect that matters": "its 95 % CI lies within ± {margin}",
+    "the opposite holds": "its 95 % CI lies beyond the {margin} margin against the direction the claim predicts",
+    "not resolved": "its 95 % CI crosses an edge of the ± {margin} margin",
+}
+
+
+def finding(claim, decision, robust=None, sensitivity=None):
+    """The finding of one row as one sentence, generated from its decision (never written by hand).
+
+    `robust` is a `bnstudy.stats.Robustness` and `sensitivity` the {condition: Decision} it was computed from; a
+    row that depends on a condition names it with its outcome and estimate."""
+    c = decision.contrast
+    sentence = (f"{claim}: *{decision.outcome}* here. {c.what} is {decision.text()}, and "
+                + WHY[decision.outcome].format(margin=decision.margin_text))
+    if decision.outcome == "not resolved" and decision.seeds_needed < 10 ** 6:
+        sentence += f" (the power rule asks for about {decision.seeds_needed:,} seeds)"
+    if robust is not None and robust.on:
+        sentence += "; the verdict depends on " + "; ".join(
+            f"{name}, where it reads *{sensitivity[name].outcome}* ({sensitivity[name].text()})" for name in robust.on)
+    elif robust is not None and robust.reads == "robust" and sensitivity:
+        sentence += f"; robust: no other condition run for it ({', '.join(sensitivity)}) decides otherwise"
+    return sentence + "."
 
 
 def verdict_tables(verdicts):

@@ -249,6 +249,15 @@ class StackedMLP:
             hits = hits + correct(out, yc)
         return loss / len(X), hits / len(X)
 
+    def correct_per_image(self, data, chunk=1000):
+        """Whether each of the K models classifies each image of (X, y) correctly, in eval mode: a [K, N] bool tensor.
+
+        Its mean over images is `evaluate`'s accuracy; kept per image, it lets a CI cover the sampling of the test
+        images as well as the seeds (`bnstudy.stats.per_image`)."""
+        X, y = data
+        return torch.cat([self.logits(xc, chunk).transpose(1, 2).contiguous().argmax(-1) == yc
+                          for xc, yc in zip(X.split(chunk), y.split(chunk))], 1)
+
     def batch_logits(self, X):
         """Each model's training-mode logits (batch statistics, step 0) on one batch X that all K see: [K, 10, N].
         Like a training forward it moves the running statistics; no training-mode measure reads them."""

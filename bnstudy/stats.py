@@ -1,4 +1,6 @@
-"""Statistics over seeds: means with Student's t confidence intervals, the decision rule and the power rule."""
+"""Statistics over seeds and test images: means with Student's t confidence intervals (Satterthwaite's degrees of
+freedom where the test images' sampling adds to the seeds'), the decision rule, the power rule, and how often
+another seed set would reach the same verdict."""
 import dataclasses
 import functools
 import math
@@ -20,12 +22,84 @@ def t_quantile(p, dof):
     return (lo + hi) / 2
 
 
-def mean_ci(values, axis=0, level=0.95):
-    """Mean over `axis` and the half-width of its `level` confidence interval (Student's t)."""
+# ---------------------------------------------------------------------------------------------------------------
+# Seeds × test images. A test accuracy is a mean over one sample of test images as well as over training seeds:
+# another draw of 10,000 images from the same distribution would move every model's accuracy, partly in step. With
+# per-image correctness on every seed, the two-way random-effects model y[s, i] = μ + a_s + b_i + e_si gives
+#   Var(grand mean) = σ_a² / n_s + σ_b² / n_i + σ_e² / (n_s n_i) = (MS_seeds + MS_images − MS_residual) / (n_s n_i)
+# in the mean squares of the seeds × images table (no replication), and Satterthwaite's approximation gives the
+# degrees of freedom of that sum. The seed part alone, MS_seeds / (n_s n_i), is the variance of the mean of the
+# per-seed values: what a CI over seeds already has. So the images add (MS_images − MS_residual) / (n_s n_i), set
+# to 0 when negative (σ_b² ≥ 0).
+
+@dataclasses.dataclass(frozen=True)
+class ImageSampling:
+    """What the test images' sampling adds to a mean over seeds: the mean squares of images and of the residual of
+    the seeds × images table, and the number of images (the seeds' own mean square comes from the per-seed values)."""
+    ms_images: float
+    ms_residual: float
+    n_images: int
+
+    @property
+    def added(self):
+        """MS_images − MS_residual, at least 0: n_s σ_b², what the images add to n_s n_i × Var(grand mean)."""
+        return max(self.ms_images - self.ms_residual, 0.0)
+
+    def dof(self, ms_seeds, n_seeds):
+        """Satterthwaite's degrees of freedom of MS_seeds + MS_images − MS_residual ((Σ c_k MS_k)² over
+        Σ (c_k MS_k)² / df_k); n_seeds − 1 when the images add nothing. Takes arrays of ms_seeds too."""
+        ms_seeds, n_i = np.asarray(ms_seeds, dtype=float), self.n_images
+        if self.added == 0.0:
+            return np.full(ms_seeds.shape, n_seeds - 1.0)
+        denominator = (ms_seeds ** 2 / (n_seeds - 1) + self.ms_images ** 2 / (n_i - 1)
+                       + self.ms_residual ** 2 / ((n_seeds - 1) * (n_i - 1)))
+        return (ms_seeds + self.added) ** 2 / denominator
+
+    def variance_and_dof(self, per_seed):
+        """The variance of the grand mean and its degrees of freedom, given the per-seed means."""
+        per_seed = np.asarray(per_seed, dtype=float).ravel()
+        n_s, n_i = len(per_seed), self.n_images
+        ms_seeds = n_i * per_seed.var(ddof=1)
+        return (ms_seeds + self.added) / (n_s * n_i), float(self.dof(ms_seeds, n_s))
+
+
+def per_image(values):
+    """A contrast measured on every (seed, test image), values [seeds, images]: its per-seed means and the
+    ImageSampling that the CI adds to them. For accuracy, values are per-image correctness (or its paired
+    difference) in points, 100 × {0, 1} (or {−1, 0, 1})."""
+    y = np.asarray(values, dtype=float)
+    if y.ndim != 2 or min(y.shape) < 2:
+        raise ValueError("per-image values are [seeds, images], at least 2 of each")
+    return from_margins(y.mean(1), y.mean(0), ((y - y.mean()) ** 2).sum())
+
+
+def from_margins(seed_means, image_means, ss_total):
+    """`per_image` from what it reads of the table: its per-seed means, per-image means and total sum of squares
+    about the grand mean (so that a simulation can draw these three instead of whole tables)."""
+    seed_means, image_means = np.asarray(seed_means, dtype=float), np.asarray(image_means, dtype=float)
+    n_s, n_i = len(seed_means), len(image_means)
+    grand = seed_means.mean()
+    ss_seeds = n_i * ((seed_means - grand) ** 2).sum()
+    ss_images = n_s * ((image_means - grand) ** 2).sum()
+    ss_residual = max(ss_total - ss_seeds - ss_images, 0.0)
+    return seed_means, ImageSampling(ss_images / (n_i - 1), ss_residual / ((n_s - 1) * (n_i - 1)), n_i)
+
+
+def mean_ci(values, axis=0, level=0.95, images=None):
+    """Mean over `axis` and the half-width of its `level` confidence interval: Student's t over the seeds, or, with
+    `images` (an ImageSampling, for 1-d per-seed values), over seeds and test images with Satterthwaite's dof."""
     values = np.asarray(values, dtype=float)
     n = values.shape[axis]
-    half = t_quantile(0.5 + level / 2, n - 1) * values.std(axis, ddof=1) / math.sqrt(n)
-    return values.mean(axis), half
+    if images is None:
+        half = t_quantile(0.5 + level / 2, n - 1) * values.std(axis, ddof=1) / math.sqrt(n)
+        return values.mean(axis), half
+    if values.ndim != 1:
+        raise ValueError("a CI over seeds and images takes one value per seed")
+    variance, dof = images.variance_and_dof(values)
+    # Satterthwaite's dof rounded down (slightly wider, and few distinct t quantiles to compute); above 10,000 dof
+    # t is the normal to 4 digits
+    quantile = t_quantile(0.5 + level / 2, max(1, min(math.floor(dof), 10 ** 4)))
+    return values.mean(), quantile * math.sqrt(variance)
 
 
 def fmt_ci(values, axis=0, digits=1):
@@ -83,6 +157,7 @@ class Decision:
     seeds_needed: int  # reporting seeds at which the CI's half-width would be half the distance to the nearest edge
     contrast: Contrast
     values: tuple = ()  # the per-seed values it was decided on, so that anyone can decide again
+    images: ImageSampling = None   # with the values, what the test images' sampling added to the CI (None: seeds only)
 
     def text(self, digits=1, short=False):
         """'+1.2 [+0.7, +1.7] points, 12 seeds' or '1.9× [1.6×, 2.3×], 12 seeds'; short: without unit and seeds."""
@@ -115,35 +190,45 @@ def _on_scale(values, contrast):
     return values
 
 
-def seeds_needed(values, contrast, level=0.95):
+def _image_variance(x, images):
+    """The part of the grand mean's variance that the test images add; it does not shrink with more seeds."""
+    return 0.0 if images is None else images.added / (len(x) * images.n_images)
+
+
+def seeds_needed(values, contrast, level=0.95, images=None):
     """Seeds at which the CI's half-width is half the distance from the estimate to the nearest margin edge.
 
     That is the power rule of the study: with it, another seed set most likely lands on the same side of every
-    edge. The spread is the sample's; an estimate on an edge needs more seeds than any budget (returns 10**6).
+    edge. The spread is the sample's; an estimate on an edge, or one that the test images' sampling alone keeps
+    that close, needs more seeds than any budget (returns 10**6).
     """
     x = _on_scale(values, contrast)
     mean, sd = x.mean(), x.std(ddof=1)
     distance = min(abs(mean - e) for e in (-contrast.edge, contrast.edge))
-    if distance < 1e-12:
+    fixed = _image_variance(x, images)
+    if distance < 1e-12 or t_quantile(0.5 + level / 2, 10 ** 4) * math.sqrt(fixed) > distance / 2:
         return 10 ** 6
     if sd == 0:
         return 2
     n = 2
-    while n < 10 ** 6 and t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n) > distance / 2:
+    while n < 10 ** 6 and t_quantile(0.5 + level / 2, n - 1) * math.sqrt(sd ** 2 / n + fixed) > distance / 2:
         n = n + 1 if n < 100 else int(n * 1.1)   # above 100 in steps of 10 %: rounded up by at most that
     return min(n, 10 ** 6)
 
 
-def decide(values, contrast, level=0.95):
+def decide(values, contrast, level=0.95, images=None):
     """The study's one decision rule, on per-seed values of a declared primary contrast.
 
     holds: the CI lies beyond the margin in the claimed direction; no effect that matters: the CI lies within
-    ± the margin; the opposite holds: beyond the margin the other way; not resolved: anything else.
+    ± the margin; the opposite holds: beyond the margin the other way; not resolved: anything else. With `images`
+    (from `per_image`), the CI covers the sampling of the test images as well as the seeds.
     """
     x = _on_scale(values, contrast)
     if len(x) < 2:
         raise ValueError("a decision needs at least two seeds")
-    mean, half = mean_ci(x, level=level)
+    if images is not None and contrast.ratio:
+        raise ValueError("a ratio is decided over seeds only (its per-image parts do not add)")
+    mean, half = mean_ci(x, level=level, images=images)
     low, high = mean - half, mean + half
     lo, hi = sorted((contrast.direction * low, contrast.direction * high))   # claimed direction is positive
     edge = contrast.edge
@@ -151,10 +236,74 @@ def decide(values, contrast, level=0.95):
                else "no effect that matters" if -edge < lo and hi < edge else "not resolved")
     back = (lambda v: 10 ** v) if contrast.ratio else (lambda v: v)
     return Decision(outcome, float(back(mean)), float(back(low)), float(back(high)), len(x),
-                    seeds_needed(values, contrast, level), contrast,
-                    tuple(float(v) for v in np.asarray(values, dtype=float).ravel()))
+                    seeds_needed(values, contrast, level, images), contrast,
+                    tuple(float(v) for v in np.asarray(values, dtype=float).ravel()), images)
 
 
 def plan_seeds(tuning_values, contrast, minimum=10, maximum=30):
     """Reporting seeds for a contrast from its spread on the tuning seeds: the power rule, within [minimum, maximum]."""
     return int(min(maximum, max(minimum, seeds_needed(tuning_values, contrast))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beyond one verdict: would another seed set agree, and does the verdict survive the other conditions run for it?
+
+DECIDED = OUTCOMES[:3]   # "not resolved" decides nothing, so it never makes a row depend on a condition
+
+
+def _outcome(lo, hi, edge):
+    """The decision rule on a CI [lo, hi] already turned so that the claimed direction is positive (arrays too)."""
+    return np.where(lo > edge, 0, np.where(hi < -edge, 2, np.where((-edge < lo) & (hi < edge), 1, 3)))
+
+
+def replication_probability(decision, draws=4000, seed=0, level=0.95):
+    """The chance that another set of as many reporting seeds (on the same test images) reaches the same outcome.
+
+    A predictive simulation, so that the true mean is uncertain too: the seeds' SD σ and mean μ are drawn from their
+    posterior given the per-seed values (flat prior on μ and log σ: σ² = (n−1)s²/χ²(n−1), μ ~ N(x̄, σ²/n)); a new
+    set's mean and SD are drawn given them, and its CI (with the same test-image part) is decided by the same rule.
+    """
+    c = decision.contrast
+    x = _on_scale(decision.values, c)
+    n, rng = len(x), np.random.default_rng(seed)
+    sigma2 = (n - 1) * x.var(ddof=1) / rng.chisquare(n - 1, draws)
+    mu = x.mean() + np.sqrt(sigma2 / n) * rng.standard_normal(draws)
+    new_mean = mu + np.sqrt(sigma2 / n) * rng.standard_normal(draws)
+    new_var = sigma2 * rng.chisquare(n - 1, draws) / (n - 1)   # the new set's sample variance
+    fixed = _image_variance(x, decision.images)
+    if decision.images is None:
+        quantile = np.full(draws, t_quantile(0.5 + level / 2, n - 1))
+    else:   # each draw's Satterthwaite dof, rounded down as in mean_ci
+        dofs = np.minimum(np.floor(decision.images.dof(decision.images.n_images * new_var, n)), 10 ** 4).astype(int)
+        table = {d: t_quantile(0.5 + level / 2, max(d, 1)) for d in set(dofs)}
+        quantile = np.array([table[d] for d in dofs])
+    half = quantile * np.sqrt(new_var / n + fixed)
+    lo, hi = np.sort(c.direction * np.stack([new_mean - half, new_mean + half]), axis=0)
+    return float(np.mean(_outcome(lo, hi, c.edge) == OUTCOMES.index(decision.outcome)))
+
+
+def at_other_margins(decision, factors=(0.5, 2.0), level=0.95):
+    """The outcome the same values would get at other margins ({factor: outcome}; for a ratio the factor scales the
+    log margin): descriptive, to show how much a verdict leans on the margin chosen."""
+    c = decision.contrast
+    return {f: decide(decision.values, dataclasses.replace(c, margin=c.margin ** f if c.ratio else c.margin * f),
+                      level, decision.images).outcome for f in factors}
+
+
+@dataclasses.dataclass(frozen=True)
+class Robustness:
+    """How a row's primary verdict fares under its sensitivity conditions: `reads` is "robust", "depends on" (the
+    conditions in `on`, whose decided outcome differs from the primary's) or "primary not decided"."""
+    reads: str
+    on: tuple = ()
+
+    def text(self):
+        return f"depends on {', '.join(self.on)}" if self.on else self.reads
+
+
+def robustness(primary, sensitivity):
+    """Robustness of a primary Decision against {condition: Decision}; an undecided outcome never differs."""
+    if primary.outcome not in DECIDED:
+        return Robustness("primary not decided")
+    on = tuple(name for name, d in sensitivity.items() if d.outcome in DECIDED and d.outcome != primary.outcome)
+    return Robustness("depends on" if on else "robust", on)

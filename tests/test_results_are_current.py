@@ -7,7 +7,7 @@ import pytest
 
 from bnstudy.notebook import REPO, load_notebook
 from bnstudy.results import VERDICT_COLUMNS
-from bnstudy.stats import OUTCOMES, Contrast, decide, fmt_ci
+from bnstudy.stats import OUTCOMES, Contrast, ImageSampling, decide, fmt_ci
 
 RESULTS = REPO / "results"
 
@@ -75,7 +75,8 @@ def test_every_verdict_is_the_decision_rules_on_its_saved_values():
     summary = results("study_summary")["summary"]
     minimum = results("study_summary")["config"]["min_seeds"]
     for row in summary["verdicts"]:
-        decision = decide(row["values"], Contrast(**row["contrast"]))
+        images = ImageSampling(**row["images"]) if row.get("images") else None   # None: a CI over seeds only
+        decision = decide(row["values"], Contrast(**row["contrast"]), images=images)
         assert decision.outcome == row["outcome"] and row["outcome"] in OUTCOMES, row["claim"]
         assert row["verdict"].startswith(row["outcome"])
         assert decision.n == row["seeds"] >= minimum, row["claim"]

@@ -274,6 +274,15 @@ def test_every_measurement_is_of_the_split_named(fashion):
     assert set(bare) == {"train_loss", "train_acc"}
 
 
+def test_correctness_per_image_averages_to_the_accuracy(fashion):
+    """The per-image record that the CI over test images needs is the accuracy, image by image, in eval mode."""
+    data = {"train": tuple(t[:640] for t in fashion["train"]), "test": tuple(t[:700] for t in fashion["test"])}
+    models = train_runs([Run(1, 0.1, arch=Arch(norm="batchnorm")), Run(2, 0.1)], data, 1).models
+    hits = models.correct_per_image(data["test"], chunk=300)    # chunks that do not divide the 700 images
+    assert hits.shape == (2, 700) and hits.dtype == torch.bool
+    torch.testing.assert_close(hits.double().mean(1), models.evaluate(data["test"])[1].double(), rtol=0, atol=1e-6)
+
+
 def test_a_last_batch_of_one_image_is_refused_where_batch_statistics_need_two():
     X, y = torch.rand(65, 784, generator=torch.Generator().manual_seed(0)), torch.arange(65) % 10
     data = {"train": (X, y), "test": (X, y)}
