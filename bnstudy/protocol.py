@@ -18,6 +18,23 @@ TUNING_OFFSET = 1_000   # tuning seeds are SEED + 1000, SEED + 1001, ...; report
 MAX_REPORTING_SEEDS = TUNING_OFFSET   # so that the two never meet
 
 
+BLOCK = 10_000        # the confirmatory seed policy: SEED owns [SEED·10,000, SEED·10,000 + 10,000)
+BLOCK_TUNING = 5_000  # reporting seeds from the block's start, tuning seeds from its middle
+DEVELOPMENT_SEED = 0  # its block holds every seed used before the registry, and every pilot and debugging run
+
+
+def seed_block(seed, reporting, tuning):
+    """The reporting and tuning seeds of SEED's own block: no other SEED shares any of them.
+
+    Reporting seeds are SEED·10,000 + i, tuning seeds SEED·10,000 + 5,000 + i. SEED 0's block, 0-9,999, holds every
+    seed the study used before its registry (SEED + i and SEED + 1,000 + i, at SEEDs up to 2,024): pilots and
+    debugging use it, confirmatory runs other SEEDs."""
+    if not (0 <= reporting <= BLOCK_TUNING and 0 <= tuning <= BLOCK - BLOCK_TUNING):
+        raise ValueError(f"at most {BLOCK_TUNING:,} reporting and {BLOCK - BLOCK_TUNING:,} tuning seeds per block")
+    start = seed * BLOCK
+    return [start + i for i in range(reporting)], [start + BLOCK_TUNING + i for i in range(tuning)]
+
+
 def cosine(progress):
     """The cosine schedule's lr factor at `progress` (the fraction of training done): 1 at the start, 0 at the end."""
     return 0.5 * (1 + math.cos(math.pi * progress))

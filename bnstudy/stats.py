@@ -256,8 +256,9 @@ def _outcome(lo, hi, edge):
     return np.where(lo > edge, 0, np.where(hi < -edge, 2, np.where((-edge < lo) & (hi < edge), 1, 3)))
 
 
-def replication_probability(decision, draws=4000, seed=0, level=0.95):
-    """The chance that another set of as many reporting seeds (on the same test images) reaches the same outcome.
+def replication_outcomes(decision, draws=4000, seed=0, level=0.95):
+    """How often another set of as many reporting seeds (on the same test images) would reach each outcome:
+    {outcome: probability}.
 
     A predictive simulation, so that the true mean is uncertain too: the seeds' SD σ and mean μ are drawn from their
     posterior given the per-seed values (flat prior on μ and log σ: σ² = (n−1)s²/χ²(n−1), μ ~ N(x̄, σ²/n)); a new
@@ -279,7 +280,38 @@ def replication_probability(decision, draws=4000, seed=0, level=0.95):
         quantile = np.array([table[d] for d in dofs])
     half = quantile * np.sqrt(new_var / n + fixed)
     lo, hi = np.sort(c.direction * np.stack([new_mean - half, new_mean + half]), axis=0)
-    return float(np.mean(_outcome(lo, hi, c.edge) == OUTCOMES.index(decision.outcome)))
+    counts = np.bincount(_outcome(lo, hi, c.edge), minlength=len(OUTCOMES))
+    return dict(zip(OUTCOMES, (counts / draws).tolist()))
+
+
+def replication_probability(decision, draws=4000, seed=0, level=0.95):
+    """The chance that another set of as many reporting seeds reaches the same outcome (`replication_outcomes`)."""
+    return replication_outcomes(decision, draws, seed, level)[decision.outcome]
+
+
+def chance_disagreements(rows, draws=4000):
+    """How many sensitivity rows would read *depends on* by chance alone: if no condition mattered, each would be
+    another seed set of its primary, and differ from it with the predictive probability of a decided other outcome.
+    `rows` is [(primary Decision, number of sensitivity conditions)]. Conditions that share the primary's seeds
+    differ less often than this, so it is an upper estimate for them."""
+    total = 0.0
+    for primary, n_conditions in rows:
+        if primary.outcome in DECIDED:
+            p = replication_outcomes(primary, draws)
+            total += n_conditions * sum(p[o] for o in DECIDED if o != primary.outcome)
+    return total
+
+
+def planned_seeds(first_values, contrast, level=0.95, maximum=30, images=None):
+    """The sequential design of the reporting seeds: the first ones (10) estimate the SD; n is the smallest number
+    at which the CI's half-width is at most half the margin, capped at `maximum`, and the row is decided on all n.
+    The images' part of the variance does not shrink with n, so it can keep n at the cap."""
+    x = _on_scale(first_values, contrast)
+    sd, fixed, target = x.std(ddof=1), _image_variance(x, images), contrast.edge / 2
+    n = len(x)
+    while n < maximum and t_quantile(0.5 + level / 2, n - 1) * math.sqrt(sd ** 2 / n + fixed) > target:
+        n += 1
+    return n
 
 
 def at_other_margins(decision, factors=(0.5, 2.0), level=0.95):

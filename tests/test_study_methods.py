@@ -220,3 +220,22 @@ def test_the_selection_rule_prefers_the_smallest_candidate_within_one_standard_e
     assert one_se_pick(np.array([[0.5, 0.6], [0.9, 0.95], [np.nan, np.nan]])) == 1
     with pytest.raises(ValueError):
         one_se_pick(np.full((2, 3), np.nan))
+
+
+def test_every_seed_owns_a_block_that_no_other_seed_shares():
+    """The confirmatory seed policy: reporting and tuning seeds of different SEEDs never meet, and the development
+    block (SEED 0) holds every seed of the old policy (SEED + i, SEED + 1,000 + i) at the SEEDs run before."""
+    from bnstudy.protocol import DEVELOPMENT_SEED, seed_block
+    blocks = {s: seed_block(s, 30, 5) for s in (DEVELOPMENT_SEED, 1, 5, 7, 42, 2024)}
+    seen = set()
+    for reporting, tuning in blocks.values():
+        assert not set(reporting) & set(tuning)
+        assert not (set(reporting) | set(tuning)) & seen
+        seen |= set(reporting) | set(tuning)
+    development = range(10_000)
+    old = {s + i for s in (1, 5, 7, 42, 2024) for i in range(30)} | {s + 1000 + i for s in (1, 5, 7, 42, 2024)
+                                                                     for i in range(5)}
+    assert old <= set(development)
+    assert all(not set(development) & (set(r) | set(t)) for s, (r, t) in blocks.items() if s != DEVELOPMENT_SEED)
+    with pytest.raises(ValueError):
+        seed_block(42, 5_001, 5)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from bnstudy.results import finding
-from bnstudy.stats import (OUTCOMES, Contrast, ImageSampling, at_other_margins, decide, from_margins, mean_ci,
-                           per_image, replication_probability, robustness)
+from bnstudy.stats import (OUTCOMES, Contrast, ImageSampling, at_other_margins, chance_disagreements, decide,
+                           from_margins, mean_ci, per_image, planned_seeds, replication_outcomes,
+                           replication_probability, robustness)
 
 POINTS = Contrast("A − B (points)", direction=+1, margin=1.0, why="a point of accuracy")
 N_IMAGES = 10_000
@@ -209,3 +210,28 @@ def test_the_verdict_at_half_and_twice_the_margin():
     ratio = Contrast("A / B", +1, 1.25, "", ratio=True, unit="×")
     r = decide(np.exp(sample(np.log(1.2), 0.01, n=20)), ratio)  # about 1.2×: inside 1.25×, beyond 1.25 ** 0.5
     assert r.outcome == "no effect that matters" and at_other_margins(r)[0.5] == "holds"
+
+
+def test_chance_disagreements_add_the_predictive_probability_of_another_decided_outcome():
+    far = decide(sample(5.0, 1.0), POINTS)                   # holds beyond doubt: no chance disagreement
+    assert chance_disagreements([(far, 3)]) < 0.01
+    edge = decide(sample(1.0, 1.0, n=30), POINTS)            # not resolved: it cannot differ
+    assert chance_disagreements([(edge, 2)]) == 0.0
+    near = decide(sample(1.5, 1.0, n=30), POINTS)            # holds, but the CI nearly touches the edge
+    p = replication_outcomes(near)
+    assert near.outcome == "holds" and sum(p.values()) == pytest.approx(1.0)
+    assert chance_disagreements([(near, 2), (far, 1)], draws=4000) == pytest.approx(
+        2 * (p["no effect that matters"] + p["the opposite holds"]), abs=0.01)
+
+
+def test_planned_seeds_reach_half_the_margin_or_the_cap():
+    """From the first 10 values: the smallest n whose CI half-width is at most half the margin, at most 30."""
+    from bnstudy.stats import t_quantile
+    first = sample(2.0, 1.2, n=10)
+    n = planned_seeds(first, POINTS)
+    assert 10 < n < 30
+    assert t_quantile(0.975, n - 1) * 1.2 / np.sqrt(n) <= 0.5 < t_quantile(0.975, n - 2) * 1.2 / np.sqrt(n - 1)
+    assert planned_seeds(sample(2.0, 0.3, n=10), POINTS) == 10       # already narrow enough
+    assert planned_seeds(sample(2.0, 5.0, n=10), POINTS) == 30       # capped
+    images = ImageSampling(ms_images=2e7, ms_residual=1e3, n_images=10_000)   # the images alone: ±0.9 points
+    assert planned_seeds(sample(2.0, 0.3, n=10), POINTS, images=images) == 30
