@@ -29,6 +29,8 @@ def seed_block(seed, reporting, tuning):
     Reporting seeds are SEED·10,000 + i, tuning seeds SEED·10,000 + 5,000 + i. SEED 0's block, 0-9,999, holds every
     seed the study used before its registry (SEED + i and SEED + 1,000 + i, at SEEDs up to 2,024): pilots and
     debugging use it, confirmatory runs other SEEDs."""
+    if not 0 <= seed < 2 ** 31 // BLOCK:
+        raise ValueError(f"SEED must be in 0-{2 ** 31 // BLOCK - 1:,} (its block must stay below 2**31)")
     if not (0 <= reporting <= BLOCK_TUNING and 0 <= tuning <= BLOCK - BLOCK_TUNING):
         raise ValueError(f"at most {BLOCK_TUNING:,} reporting and {BLOCK - BLOCK_TUNING:,} tuning seeds per block")
     start = seed * BLOCK

@@ -155,8 +155,10 @@ def finding(claim, decision, robust=None, sensitivity=None):
     if robust is not None and robust.on:
         sentence += "; the verdict depends on " + "; ".join(
             f"{name}, where it reads *{sensitivity[name].outcome}* ({sensitivity[name].text()})" for name in robust.on)
-    elif robust is not None and robust.reads == "robust" and sensitivity:
-        sentence += f"; robust: no other condition run for it ({', '.join(sensitivity)}) decides otherwise"
+    elif robust is not None and robust.reads == "robust":
+        sentence += f"; {robust.text()}: no other condition run for it ({', '.join(sensitivity)}) decides otherwise"
+    elif robust is not None and robust.reads == "no condition decided":
+        sentence += f"; none of the other conditions run for it ({', '.join(sensitivity)}) was decided"
     return sentence + "."
 
 

@@ -35,32 +35,35 @@ def t_quantile(p, dof):
 @dataclasses.dataclass(frozen=True)
 class ImageSampling:
     """What the test images' sampling adds to a mean over seeds: the mean squares of images and of the residual of
-    the seeds × images table, and the number of images (the seeds' own mean square comes from the per-seed values)."""
+    a seeds × images table, its numbers of images and of seeds (the seeds' own part comes from the per-seed values)."""
     ms_images: float
     ms_residual: float
     n_images: int
+    n_seeds: int
 
     @property
-    def added(self):
-        """MS_images − MS_residual, at least 0: n_s σ_b², what the images add to n_s n_i × Var(grand mean)."""
-        return max(self.ms_images - self.ms_residual, 0.0)
+    def variance(self):
+        """(MS_images − MS_residual) / (n_s n_i), at least 0: the estimate of σ_b² / n_i, what the images add to the
+        variance of a mean over any number of seeds on these images."""
+        return max(self.ms_images - self.ms_residual, 0.0) / (self.n_seeds * self.n_images)
 
-    def dof(self, ms_seeds, n_seeds):
-        """Satterthwaite's degrees of freedom of MS_seeds + MS_images − MS_residual ((Σ c_k MS_k)² over
-        Σ (c_k MS_k)² / df_k); n_seeds − 1 when the images add nothing. Takes arrays of ms_seeds too."""
-        ms_seeds, n_i = np.asarray(ms_seeds, dtype=float), self.n_images
-        if self.added == 0.0:
-            return np.full(ms_seeds.shape, n_seeds - 1.0)
-        denominator = (ms_seeds ** 2 / (n_seeds - 1) + self.ms_images ** 2 / (n_i - 1)
-                       + self.ms_residual ** 2 / ((n_seeds - 1) * (n_i - 1)))
-        return (ms_seeds + self.added) ** 2 / denominator
+    def dof(self, seed_variance, n_seeds):
+        """Satterthwaite's degrees of freedom of seed_variance + self.variance, where seed_variance is s² / n over
+        n_seeds per-seed values ((Σ c_k MS_k)² over Σ (c_k MS_k)² / df_k); n_seeds − 1 when the images add
+        nothing. On the table's own seeds this is the dof of MS_seeds + MS_images − MS_residual. Takes arrays."""
+        seed_variance, n_i = np.asarray(seed_variance, dtype=float), self.n_images
+        if self.variance == 0.0:
+            return np.full(seed_variance.shape, n_seeds - 1.0)
+        c = 1.0 / (self.n_seeds * n_i)
+        denominator = (seed_variance ** 2 / (n_seeds - 1) + (c * self.ms_images) ** 2 / (n_i - 1)
+                       + (c * self.ms_residual) ** 2 / ((self.n_seeds - 1) * (n_i - 1)))
+        return (seed_variance + self.variance) ** 2 / denominator
 
     def variance_and_dof(self, per_seed):
-        """The variance of the grand mean and its degrees of freedom, given the per-seed means."""
+        """The variance of the mean of per-seed values on these images, and its degrees of freedom."""
         per_seed = np.asarray(per_seed, dtype=float).ravel()
-        n_s, n_i = len(per_seed), self.n_images
-        ms_seeds = n_i * per_seed.var(ddof=1)
-        return (ms_seeds + self.added) / (n_s * n_i), float(self.dof(ms_seeds, n_s))
+        seed_variance = per_seed.var(ddof=1) / len(per_seed)
+        return seed_variance + self.variance, float(self.dof(seed_variance, len(per_seed)))
 
 
 def per_image(values):
@@ -82,7 +85,7 @@ def from_margins(seed_means, image_means, ss_total):
     ss_seeds = n_i * ((seed_means - grand) ** 2).sum()
     ss_images = n_s * ((image_means - grand) ** 2).sum()
     ss_residual = max(ss_total - ss_seeds - ss_images, 0.0)
-    return seed_means, ImageSampling(ss_images / (n_i - 1), ss_residual / ((n_s - 1) * (n_i - 1)), n_i)
+    return seed_means, ImageSampling(ss_images / (n_i - 1), ss_residual / ((n_s - 1) * (n_i - 1)), n_i, n_s)
 
 
 def mean_ci(values, axis=0, level=0.95, images=None):
@@ -192,7 +195,7 @@ def _on_scale(values, contrast):
 
 def _image_variance(x, images):
     """The part of the grand mean's variance that the test images add; it does not shrink with more seeds."""
-    return 0.0 if images is None else images.added / (len(x) * images.n_images)
+    return 0.0 if images is None else images.variance
 
 
 def seeds_needed(values, contrast, level=0.95, images=None):
@@ -208,7 +211,7 @@ def seeds_needed(values, contrast, level=0.95, images=None):
     fixed = _image_variance(x, images)
     if distance < 1e-12 or t_quantile(0.5 + level / 2, 10 ** 4) * math.sqrt(fixed) > distance / 2:
         return 10 ** 6
-    if sd == 0:
+    if sd == 0 and fixed == 0:
         return 2
     n = 2
     while n < 10 ** 6 and t_quantile(0.5 + level / 2, n - 1) * math.sqrt(sd ** 2 / n + fixed) > distance / 2:
@@ -275,7 +278,7 @@ def replication_outcomes(decision, draws=4000, seed=0, level=0.95):
     if decision.images is None:
         quantile = np.full(draws, t_quantile(0.5 + level / 2, n - 1))
     else:   # each draw's Satterthwaite dof, rounded down as in mean_ci
-        dofs = np.minimum(np.floor(decision.images.dof(decision.images.n_images * new_var, n)), 10 ** 4).astype(int)
+        dofs = np.minimum(np.floor(decision.images.dof(new_var / n, n)), 10 ** 4).astype(int)
         table = {d: t_quantile(0.5 + level / 2, max(d, 1)) for d in set(dofs)}
         quantile = np.array([table[d] for d in dofs])
     half = quantile * np.sqrt(new_var / n + fixed)
@@ -305,8 +308,11 @@ def chance_disagreements(rows, draws=4000):
 def planned_seeds(first_values, contrast, level=0.95, maximum=30, images=None):
     """The sequential design of the reporting seeds: the first ones (10) estimate the SD; n is the smallest number
     at which the CI's half-width is at most half the margin, capped at `maximum`, and the row is decided on all n.
-    The images' part of the variance does not shrink with n, so it can keep n at the cap."""
+    The images' part of the variance does not shrink with n: where it alone is wider than the target, n is the cap
+    (the CI as narrow as seeds can make it)."""
     x = _on_scale(first_values, contrast)
+    if len(x) < 2:
+        raise ValueError("the sequential design needs at least two first values")
     sd, fixed, target = x.std(ddof=1), _image_variance(x, images), contrast.edge / 2
     n = len(x)
     while n < maximum and t_quantile(0.5 + level / 2, n - 1) * math.sqrt(sd ** 2 / n + fixed) > target:
@@ -324,18 +330,27 @@ def at_other_margins(decision, factors=(0.5, 2.0), level=0.95):
 
 @dataclasses.dataclass(frozen=True)
 class Robustness:
-    """How a row's primary verdict fares under its sensitivity conditions: `reads` is "robust", "depends on" (the
-    conditions in `on`, whose decided outcome differs from the primary's) or "primary not decided"."""
+    """How a row's primary verdict fares under its sensitivity conditions. `reads`: "robust" (at least one condition
+    decided, and every decided one agrees), "depends on" (the conditions in `on`, whose decided outcome differs from
+    the primary's), "no condition decided", or "primary not decided"; `decided` of `conditions` were decided."""
     reads: str
     on: tuple = ()
+    decided: int = 0
+    conditions: int = 0
 
     def text(self):
-        return f"depends on {', '.join(self.on)}" if self.on else self.reads
+        if self.on:
+            return f"depends on {', '.join(self.on)}"
+        if self.reads == "robust":
+            return f"robust ({self.decided} of {self.conditions} conditions decided, all agree)"
+        return self.reads
 
 
 def robustness(primary, sensitivity):
     """Robustness of a primary Decision against {condition: Decision}; an undecided outcome never differs."""
+    decided = [name for name, d in sensitivity.items() if d.outcome in DECIDED]
     if primary.outcome not in DECIDED:
-        return Robustness("primary not decided")
-    on = tuple(name for name, d in sensitivity.items() if d.outcome in DECIDED and d.outcome != primary.outcome)
-    return Robustness("depends on" if on else "robust", on)
+        return Robustness("primary not decided", (), len(decided), len(sensitivity))
+    on = tuple(name for name in decided if sensitivity[name].outcome != primary.outcome)
+    reads = "depends on" if on else "robust" if decided else "no condition decided"
+    return Robustness(reads, on, len(decided), len(sensitivity))
