@@ -1,8 +1,8 @@
 """The claims registry: every claim the study tries, as its source makes it, written before the confirmatory run.
 
 Each claim has its statement as the source makes it (verbatim as docs/sources.md quotes it, some quotes read in a
-copy of the paper, or marked as a paraphrase), the citation and the source's own regime, the study's regime for it, one primary contrast
-(direction, margin and the margin's reason), and its **sensitivity conditions**: every other condition the study runs
+copy of the paper, or marked as a paraphrase), the citation and the source's own regime, the study's regime for it,
+one primary contrast (direction, margin and the margin's reason), and its **sensitivity conditions**: every other condition the study runs
 for it, each decided by the same rule. A row then reads *robust*, or *depends on* the conditions whose decided
 verdict differs from the primary's (`bnstudy.stats.robustness`). `seen_before` says what an exploratory run had
 already shown before this registry was written, so that a reader can tell a test from a confirmation.
@@ -189,8 +189,8 @@ CLAIMS = (
                       "not worse generalisation; the overfitting regime is new"),
     Claim("5", "Weight decay helps a BatchNorm network",
           "We identify three distinct mechanisms by which weight decay exerts a regularization effect, depending on "
-          "the particular optimization algorithm and architecture: (1) increasing the effective learning rate", True, "Zhang et al. 2019, abstract (with van Laarhoven 2017)",
-          "CIFAR-10 and ImageNet classifiers", "long",
+          "the particular optimization algorithm and architecture: (1) increasing the effective learning rate", True,
+          "Zhang et al. 2019, abstract (with van Laarhoven 2017)", "CIFAR-10 and ImageNet classifiers", "long",
           contrast("BatchNorm's test accuracy with weight decay − without, at a dose with λ·η·T ≥ 1 and first-layer "
                    "‖w‖² changing < 5 % over the last 20 % of steps (points)", +1),
           (Condition("the baseline", "long", "the same contrast for the baseline, where decay is a plain L2 penalty"),),

@@ -42,12 +42,17 @@ class Block:
         return slice(self.start, self.stop)
 
 
-def correct(logits, targets):
-    """Per model, how many samples logits [K, 10, B] classify as targets ([B], or [K, B] per model): a [K] tensor.
+def predicted(logits):
+    """Each model's predicted class for each sample of logits [K, 10, B]: a [K, B] tensor.
 
     The same indices as logits.argmax(1); PyTorch's CPU argmax is much faster over a contiguous last axis.
     """
-    return (logits.transpose(1, 2).contiguous().argmax(-1) == targets).sum(1)
+    return logits.transpose(1, 2).contiguous().argmax(-1)
+
+
+def correct(logits, targets):
+    """Per model, how many samples logits [K, 10, B] classify as targets ([B], or [K, B] per model): a [K] tensor."""
+    return (predicted(logits) == targets).sum(1)
 
 
 class StackedMLP:
@@ -255,8 +260,8 @@ class StackedMLP:
         Its mean over images is `evaluate`'s accuracy; kept per image, it lets a CI cover the sampling of the test
         images as well as the seeds (`bnstudy.stats.per_image`)."""
         X, y = data
-        return torch.cat([self.logits(xc, chunk).transpose(1, 2).contiguous().argmax(-1) == yc
-                          for xc, yc in zip(X.split(chunk), y.split(chunk))], 1)
+        return torch.cat([predicted(self.logits(xc, chunk)) == yc for xc, yc in zip(X.split(chunk), y.split(chunk))],
+                         1)
 
     def batch_logits(self, X):
         """Each model's training-mode logits (batch statistics, step 0) on one batch X that all K see: [K, 10, N].

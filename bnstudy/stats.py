@@ -88,6 +88,12 @@ def from_margins(seed_means, image_means, ss_total):
     return seed_means, ImageSampling(ss_images / (n_i - 1), ss_residual / ((n_s - 1) * (n_i - 1)), n_i, n_s)
 
 
+def whole_dof(dof):
+    """Satterthwaite's dof rounded down (a slightly wider CI, and few distinct t quantiles to compute), within
+    1-10,000 (above 10,000 dof, t is the normal to 4 digits). Takes arrays too."""
+    return np.clip(np.floor(dof), 1, 10 ** 4)
+
+
 def mean_ci(values, axis=0, level=0.95, images=None):
     """Mean over `axis` and the half-width of its `level` confidence interval: Student's t over the seeds, or, with
     `images` (an ImageSampling, for 1-d per-seed values), over seeds and test images with Satterthwaite's dof."""
@@ -99,9 +105,7 @@ def mean_ci(values, axis=0, level=0.95, images=None):
     if values.ndim != 1:
         raise ValueError("a CI over seeds and images takes one value per seed")
     variance, dof = images.variance_and_dof(values)
-    # Satterthwaite's dof rounded down (slightly wider, and few distinct t quantiles to compute); above 10,000 dof
-    # t is the normal to 4 digits
-    quantile = t_quantile(0.5 + level / 2, max(1, min(math.floor(dof), 10 ** 4)))
+    quantile = t_quantile(0.5 + level / 2, int(whole_dof(dof)))
     return values.mean(), quantile * math.sqrt(variance)
 
 
@@ -193,7 +197,7 @@ def _on_scale(values, contrast):
     return values
 
 
-def _image_variance(x, images):
+def _image_variance(images):
     """The part of the grand mean's variance that the test images add; it does not shrink with more seeds."""
     return 0.0 if images is None else images.variance
 
@@ -208,7 +212,7 @@ def seeds_needed(values, contrast, level=0.95, images=None):
     x = _on_scale(values, contrast)
     mean, sd = x.mean(), x.std(ddof=1)
     distance = min(abs(mean - e) for e in (-contrast.edge, contrast.edge))
-    fixed = _image_variance(x, images)
+    fixed = _image_variance(images)
     if distance < 1e-12 or t_quantile(0.5 + level / 2, 10 ** 4) * math.sqrt(fixed) > distance / 2:
         return 10 ** 6
     if sd == 0 and fixed == 0:
@@ -274,12 +278,12 @@ def replication_outcomes(decision, draws=4000, seed=0, level=0.95):
     mu = x.mean() + np.sqrt(sigma2 / n) * rng.standard_normal(draws)
     new_mean = mu + np.sqrt(sigma2 / n) * rng.standard_normal(draws)
     new_var = sigma2 * rng.chisquare(n - 1, draws) / (n - 1)   # the new set's sample variance
-    fixed = _image_variance(x, decision.images)
+    fixed = _image_variance(decision.images)
     if decision.images is None:
         quantile = np.full(draws, t_quantile(0.5 + level / 2, n - 1))
-    else:   # each draw's Satterthwaite dof, rounded down as in mean_ci
-        dofs = np.minimum(np.floor(decision.images.dof(new_var / n, n)), 10 ** 4).astype(int)
-        table = {d: t_quantile(0.5 + level / 2, max(d, 1)) for d in set(dofs)}
+    else:   # each draw's Satterthwaite dof, as in mean_ci
+        dofs = whole_dof(decision.images.dof(new_var / n, n)).astype(int)
+        table = {d: t_quantile(0.5 + level / 2, d) for d in set(dofs)}
         quantile = np.array([table[d] for d in dofs])
     half = quantile * np.sqrt(new_var / n + fixed)
     lo, hi = np.sort(c.direction * np.stack([new_mean - half, new_mean + half]), axis=0)
@@ -313,7 +317,7 @@ def planned_seeds(first_values, contrast, level=0.95, maximum=30, images=None):
     x = _on_scale(first_values, contrast)
     if len(x) < 2:
         raise ValueError("the sequential design needs at least two first values")
-    sd, fixed, target = x.std(ddof=1), _image_variance(x, images), contrast.edge / 2
+    sd, fixed, target = x.std(ddof=1), _image_variance(images), contrast.edge / 2
     n = len(x)
     while n < maximum and t_quantile(0.5 + level / 2, n - 1) * math.sqrt(sd ** 2 / n + fixed) > target:
         n += 1
