@@ -6,7 +6,7 @@ from numbers import Integral, Real
 import torch
 
 from .data import TRAIN_IMAGES
-from .protocol import MAX_REPORTING_SEEDS, TUNING_OFFSET
+from .protocol import BLOCK, BLOCK_TUNING
 
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICES_ALLOWED = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
@@ -32,12 +32,6 @@ def _fraction():
     return lambda v: isinstance(v, Real) and 0 < v < 1, "a fraction between 0 and 1"
 
 
-def _rates_by_optimizer():
-    rates, what = _list(_positive())
-    return (lambda v: isinstance(v, dict) and set(v) == {"SGD, momentum 0.9", "Adam"} and all(map(rates, v.values())),
-            f"{{'SGD, momentum 0.9': [...], 'Adam': [...]}}, each {what}")
-
-
 def _margins():
     return (lambda v: isinstance(v, dict) and set(v) == {"points", "ratio", "much", "evaluation"}
             and all(isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x) for x in v.values())
@@ -47,16 +41,14 @@ def _margins():
 
 
 SETTINGS = {  # name: (check, what is allowed)
-    "SEED": _int(0), "BATCH_SIZE": _int(2), "CHECK_SIZE": _int(2), "LR": _positive(), "EPOCHS": _int(2), "N_SEEDS": _int(2),
-    "TUNING_SEEDS": _int(2), "MIN_SEEDS": _int(2), "MAX_SEEDS": _int(2), "MARGINS": _margins(),
-    "VAL_SIZE": _int(1), "PROBE_SIZE": _int(1), "LEARNING_RATES": _list(_positive()),
-    "HIGH_RATES": _list(_positive()), "EFFECTIVE_LR_AT": _positive(),
-    "CURVE_POINTS": _int(2), "SPEED_TARGET": _fraction(),
-    "INIT_SCALES": _list(_positive()), "INIT_EPOCHS": _int(1),
-    "DEPTHS": _list(_int(1)), "DEPTH_WIDTH": _int(2), "DEPTH_RATES": _list(_positive()),
-    "DEPTH_TRAIN_SIZE": _int(1), "OPTIMIZER_RATES": _rates_by_optimizer(), "OPTIMIZER_EPOCHS": _int(1),
-    "SHORT_TRAIN_SIZE": _int(1), "LONG_EPOCHS": _int(2), "LONG_TRAIN_SIZE": _int(1), "LONG_RATES": _list(_positive()),
-    "WEIGHT_DECAY": _positive(), "TEST_BATCH_SIZES": _list(_int(1)), "NOISE_LEVEL": _positive(),
+    "SEED": _int(0), "BATCH_SIZE": _int(2), "CHECK_SIZE": _int(2), "LR": _positive(), "EPOCHS": _int(2),
+    "TUNING_SEEDS": _int(2), "FIRST_SEEDS": _int(2), "MAX_SEEDS": _int(2), "MARGINS": _margins(),
+    "VAL_SIZE": _int(1), "PROBE_SIZE": _int(1), "GRID": _list(_positive()), "GRID_DROP": _positive(),
+    "GRID_LIMITS": _list(_positive()), "SCREEN_EPOCHS": _int(1), "FINALISTS": _int(1),
+    "BAND_WITHIN": _list(_positive()), "EDGE_BRACKET": _list(_positive()), "EDGE_FACTOR": _positive(),
+    "FAIL_BELOW": _fraction(), "CURVE_POINTS": _int(2), "SPEED_TARGETS": _list(_fraction(), sorted_=False),
+    "CHECKPOINT_EPOCHS": _list(_int(1)), "DEPTHS": _list(_int(1)), "DEPTH_WIDTH": _int(2),
+    "TEST_BATCH_SIZES": _list(_int(1)), "EVAL_BATCH": _int(2), "NOISE_LEVEL": _positive(),
     "LANDSCAPE_SIZE": _int(2), "HESSIAN_ITERATIONS": _int(2), "ACTIVATION_IMAGES": _int(2),
     "DATA_ROOT": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "DEVICE": (lambda v: isinstance(v, str) and DEVICES.fullmatch(v) is not None, DEVICES_ALLOWED),
@@ -71,34 +63,31 @@ def _train(s):
 
 def _batches_split(s):
     """Every (training-set size, batch size) pair the notebook trains or recomputes statistics with."""
-    pairs = [(TRAIN_IMAGES, s["BATCH_SIZE"]), (_train(s), s["BATCH_SIZE"])]
-    pairs += [(s["CHECK_SIZE"], s["BATCH_SIZE"])]   # the engine check of section 2
-    return pairs + [(s[name], s["BATCH_SIZE"]) for name in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE")]
+    return [(TRAIN_IMAGES, s["BATCH_SIZE"]), (_train(s), s["BATCH_SIZE"]), (s["CHECK_SIZE"], s["BATCH_SIZE"])]
 
 
 RELATIONS = (  # settings that must agree with each other: (holds(settings), what to fix)
-    (lambda s: s["LR"] in s["LEARNING_RATES"],
-     "LR must be one of LEARNING_RATES (the tuning grid compares every model at the reference lr too)"),
-    (lambda s: s["EFFECTIVE_LR_AT"] in s["HIGH_RATES"],
-     "EFFECTIVE_LR_AT must be one of HIGH_RATES (3.2 follows the runs of 3.1 at that lr)"),
-    (lambda s: s["MIN_SEEDS"] <= s["MAX_SEEDS"], "MIN_SEEDS must be at most MAX_SEEDS"),
-    (lambda s: s["N_SEEDS"] >= s["MIN_SEEDS"], "N_SEEDS must be at least MIN_SEEDS (sections 2 and 6.1 decide on them)"),
+    (lambda s: s["LR"] in s["GRID"], "LR must be one of GRID (the grid compares every model at the reference lr too)"),
+    (lambda s: s["FIRST_SEEDS"] <= s["MAX_SEEDS"], "FIRST_SEEDS must be at most MAX_SEEDS"),
+    (lambda s: s["TUNING_SEEDS"] <= BLOCK - BLOCK_TUNING and s["MAX_SEEDS"] <= BLOCK_TUNING,
+     f"at most {BLOCK - BLOCK_TUNING:,} tuning and {BLOCK_TUNING:,} reporting seeds (a SEED's block)"),
+    (lambda s: s["SEED"] < 2 ** 31 // BLOCK, f"SEED must be below {2 ** 31 // BLOCK:,} (its block stays below 2**31)"),
+    (lambda s: len(s["GRID_LIMITS"]) == 2 and s["GRID_LIMITS"][0] <= s["GRID"][0] and s["GRID"][-1] <= s["GRID_LIMITS"][1],
+     "GRID_LIMITS must be [lowest, highest] and hold the GRID"),
+    (lambda s: len(s["GRID"]) >= 3 and s["FINALISTS"] <= len(s["GRID"]), "GRID needs 3 rates, FINALISTS at most as many"),
+    (lambda s: len(s["EDGE_BRACKET"]) >= 2 and s["EDGE_FACTOR"] > 1,
+     "EDGE_BRACKET needs two rates and EDGE_FACTOR must be above 1"),
+    (lambda s: all(e < s["EPOCHS"] for e in s["CHECKPOINT_EPOCHS"]), "CHECKPOINT_EPOCHS must come before the end"),
     (lambda s: s["VAL_SIZE"] < TRAIN_IMAGES and s["PROBE_SIZE"] <= s["VAL_SIZE"],
      f"VAL_SIZE must be below {TRAIN_IMAGES:,} (the training images) and PROBE_SIZE at most VAL_SIZE"),
-    (lambda s: all(s[n] <= _train(s) for n in ("DEPTH_TRAIN_SIZE", "SHORT_TRAIN_SIZE", "LONG_TRAIN_SIZE",
-                                               "LANDSCAPE_SIZE")) and s["ACTIVATION_IMAGES"] <= TRAIN_IMAGES,
-     f"DEPTH_, SHORT_, LONG_TRAIN_SIZE and LANDSCAPE_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
+    (lambda s: s["LANDSCAPE_SIZE"] <= _train(s) and s["ACTIVATION_IMAGES"] <= TRAIN_IMAGES,
+     f"LANDSCAPE_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
     (lambda s: math.ceil(_train(s) / s["BATCH_SIZE"]) > 100,
      "an epoch of the training split must have more than 100 steps (3.2 follows the weights at step 100)"),
     (lambda s: all(n % b != 1 for n, b in _batches_split(s)),
      "no training set may end in a batch of one image (BatchNorm needs 2): change a size or a batch size"),
-    (lambda s: {4, 10_000} <= set(s["TEST_BATCH_SIZES"]),
-     "TEST_BATCH_SIZES must include 4 and 10000 (the evaluation-pitfall verdict reads them)"),
-    (lambda s: len(s["DEPTHS"]) >= 2, "DEPTHS needs at least two depths to compare"),
-    (lambda s: s["SEED"] + TUNING_OFFSET + max(s["N_SEEDS"], s["MAX_SEEDS"], s["TUNING_SEEDS"]) < 2**31,
-     f"SEED + {TUNING_OFFSET:,} + the number of seeds must stay below 2**31"),
-    (lambda s: max(s["N_SEEDS"], s["MAX_SEEDS"]) <= MAX_REPORTING_SEEDS,
-     f"at most {MAX_REPORTING_SEEDS:,} reporting seeds (tuning seeds start at SEED + {TUNING_OFFSET:,})"),
+    (lambda s: {4, s["EVAL_BATCH"], 10_000} <= set(s["TEST_BATCH_SIZES"]),
+     "TEST_BATCH_SIZES must include 4, EVAL_BATCH and 10000 (the evaluation-pitfall rows read them)"),
     (lambda s: s["CHECK_SIZE"] <= _train(s), f"CHECK_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
 )
 

@@ -85,8 +85,11 @@ def bn_noise(seed, step, stream, level, units, samples):
     """Santurkar et al.'s "noisy BatchNorm" perturbation, as (scale, shift): the layer outputs x * scale + shift.
 
     Every step, every unit j gets a new noise distribution: a shift centred on mu_j ~ U(-level, level) and a scale
-    centred on nu_j ~ U(1, 1 + level); every sample then draws its own shift and scale around those, each uniform
-    of width 1. So each unit's distribution moves by about one standard deviation at every step. `units` and
+    centred on nu_j ~ U(1 - level / 2, 1 + level / 2); every sample then draws its own shift and scale around
+    those, each uniform of width 1. So each unit's distribution moves by about one standard deviation at every
+    step, while the scale averages 1 and the shift 0: training and evaluation (no noise) agree in mean. They do not
+    agree in variance: at level 1 a unit-variance output has a second moment of about 1.58 in training (scale
+    variance 1/6, shift variance 5/12), 1 at evaluation. `units` and
     `samples` number the units (f) and the (sample, unit) pairs (b * F + f), shaped to broadcast against the
     layer's output.
     """
@@ -94,7 +97,7 @@ def bn_noise(seed, step, stream, level, units, samples):
     pair = lambda first: (4 * stream + first + torch.arange(2, device=samples.device)).view(2, *[1] * lead)  # noqa
     mu, nu = counter_uniform(seed, step, pair(0), units)          # streams 4s, 4s + 1: per unit
     shift, scale = counter_uniform(seed, step, pair(2), samples)  # streams 4s + 2, 4s + 3: per (sample, unit)
-    return 1 + level * nu + (scale - 0.5), level * (2 * mu - 1) + (shift - 0.5)
+    return 1 + level * (nu - 0.5) + (scale - 0.5), level * (2 * mu - 1) + (shift - 0.5)
 
 
 class NoisyBatchNorm1d(nn.BatchNorm1d):

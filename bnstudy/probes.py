@@ -176,3 +176,27 @@ def batchnorm_twin(models, X):
             W, b = models.linear(i + 1)
             h = torch.baddbmm(b[..., None], W, torch.relu(h))
     return models.with_norm("batchnorm", gamma, beta)
+
+
+def band_width(rates, acc, within):
+    """Per seed, the width in decades of the band of learning rates whose accuracy lies within `within` points of
+    that seed's best on the grid: the contiguous band around the best rate, each end interpolated linearly in log lr
+    between the last grid point inside and the first outside (a band that reaches the grid's end stops there).
+
+    rates: the grid, increasing; acc: [rates, seeds] in points (a failed run's NaN counts as 0)."""
+    x, widths = np.log10(np.asarray(rates, dtype=float)), []
+    for a in np.nan_to_num(np.asarray(acc, dtype=float), nan=0.0).T:
+        best = int(np.argmax(a))
+        level = a[best] - within
+        ends = []
+        for direction in (-1, 1):
+            i = best
+            while 0 <= i + direction < len(a) and a[i + direction] >= level:
+                i += direction
+            j = i + direction
+            if not 0 <= j < len(a):
+                ends.append(x[i])   # the band reaches the grid's end
+            else:                   # a[i] >= level > a[j]: where the straight line crosses the level
+                ends.append(x[i] + (a[i] - level) / (a[i] - a[j]) * (x[j] - x[i]))
+        widths.append(ends[1] - ends[0])
+    return np.array(widths)

@@ -13,10 +13,7 @@ import numpy as np
 from .data import without
 from .engine import train_runs
 from .models import Arch, Run
-
-TUNING_OFFSET = 1_000   # tuning seeds are SEED + 1000, SEED + 1001, ...; reporting seeds SEED, SEED + 1, ...
-MAX_REPORTING_SEEDS = TUNING_OFFSET   # so that the two never meet
-
+from .stats import decide, per_image, planned_seeds
 
 BLOCK = 10_000        # the confirmatory seed policy: SEED owns [SEED·10,000, SEED·10,000 + 10,000)
 BLOCK_TUNING = 5_000  # reporting seeds from the block's start, tuning seeds from its middle
@@ -72,14 +69,6 @@ def by_rate(history, n_rates):
     return {m: rates_first(v, n_rates) if m != "curve_steps" else v for m, v in history.items()}
 
 
-def best_rate(sweep):
-    """Index of the chosen lr: the smallest within one standard error of the best mean final validation accuracy.
-
-    `sweep` holds the tuning seeds only: the validation split of other seeds than the reporting ones decides.
-    """
-    return one_se_pick(sweep["val_acc"][..., -1])
-
-
 @dataclass
 class Part:
     """The runs of one name in a pass: their history (rows in the order given), their trained models and checkpoints
@@ -106,24 +95,22 @@ def parts_of(trained, named_runs):
 class Protocol:
     """The seed policy and the passes of one run of the study (one SEED).
 
-    `train` trains named lists of runs in one pass; `tune` trains named lr grids on the tuning seeds without the
-    test split and chooses each grid's lr; `report` trains on reporting seeds without the validation split.
-    `model_epochs` adds up what every pass returned.
+    SEED owns a block of seeds (`seed_block`): `tuning_seeds` choose, `reporting_seeds(n)` report; no other SEED
+    shares either. `train` trains named lists of runs in one pass; `tune` trains named lr grids on the tuning
+    seeds without the test split and chooses each grid's lr; `report` trains on reporting seeds without the
+    validation split. `model_epochs` adds up what every pass returned.
     """
 
     def __init__(self, seed, tuning_seeds, batch_size, progress=True):
         if tuning_seeds < 2:
             raise ValueError("the selection rule needs at least two tuning seeds")
         self.seed, self.batch_size, self.progress = seed, batch_size, progress
-        self.tuning_seeds = [seed + TUNING_OFFSET + i for i in range(tuning_seeds)]
+        self.tuning_seeds = seed_block(seed, 0, tuning_seeds)[1]
         self.model_epochs = 0.0
 
-    def reporting_seeds(self, n):
-        """The first n reporting seeds: SEED, SEED + 1, ..."""
-        if n > MAX_REPORTING_SEEDS:
-            raise ValueError(f"at most {MAX_REPORTING_SEEDS:,} reporting seeds (tuning seeds start at SEED + "
-                             f"{TUNING_OFFSET:,})")
-        return [self.seed + i for i in range(n)]
+    def reporting_seeds(self, n, start=0):
+        """Reporting seeds start, ..., n − 1 of SEED's block (start > 0: the next ones of a sequential design)."""
+        return seed_block(self.seed, n, 0)[0][start:]
 
     def count(self, trained):
         """Add a pass trained outside the protocol (the notebook's float64 engine check) to `model_epochs`."""
@@ -132,7 +119,10 @@ class Protocol:
 
     def train(self, description, named_runs, data, epochs, **options):
         """Train every run of named_runs ({name: [Run]}) in one pass; {name: Part}."""
+        named_runs = {name: runs for name, runs in named_runs.items() if runs}
         runs = [run for group in named_runs.values() for run in group]
+        if not runs:
+            return {}
         options.setdefault("batch_size", self.batch_size)
         trained = train_runs(runs, data, epochs, progress=description if self.progress else None, **options)
         self.model_epochs += trained.model_epochs
@@ -140,15 +130,119 @@ class Protocol:
 
     def tune(self, description, grids, data, epochs, **options):
         """Each grid ({name: (arch, rates, Run settings)}) on the tuning seeds, all in one pass, with the test split
-        dropped: {name: (sweep [rates, seeds, ...], index of the chosen lr)}."""
+        dropped: {name: sweep [rates, seeds, ...]} (validation accuracy and loss after the last epoch)."""
         named = {name: grid_runs(self.tuning_seeds, rates, arch, **settings)
                  for name, (arch, rates, settings) in grids.items()}
         parts = self.train(description, named, without(data, "test"), epochs, evaluate=("val",), every_epoch=False,
                            **options)
-        sweeps = {name: by_rate(parts[name].history, len(grids[name][1])) for name in grids}
-        return {name: (sweep, best_rate(sweep)) for name, sweep in sweeps.items()}
+        return {name: by_rate(parts[name].history, len(grids[name][1])) for name in grids}
 
     def report(self, description, named_runs, data, epochs, **options):
         """Reporting runs, read on the test split; the validation split is dropped (it only chooses)."""
         options.setdefault("evaluate", ("test",))
         return self.train(description, named_runs, without(data, "val"), epochs, **options)
+
+
+def argmax_pick(scores):
+    """Index of the candidate with the best mean score (scores [candidates, tuning seeds]; NaN counts as worst)."""
+    means = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf).mean(1)
+    if not np.isfinite(means).any():
+        raise ValueError("no candidate has a finite mean score")
+    return int(np.argmax(means))
+
+
+PICKS = {"argmax": argmax_pick, "one-SE": one_se_pick}   # the primary rule, and the sensitivity rule
+
+
+def extend_grid(rates, means, drop, limits, step=10 ** 0.5):
+    """The rates to add to a screened grid (one each side at most): above the top rate if some model's mean there
+    is within `drop` points of its best and it did not fail; the same below the lowest rate; never past `limits`.
+
+    means: {model: [rates] mean screen accuracy in points, NaN where it failed}."""
+    add = []
+    for end, beyond, inside in ((-1, rates[-1] * step, lambda r: r <= limits[1]),
+                                (0, rates[0] / step, lambda r: r >= limits[0])):
+        near = [np.isfinite(m[end]) and m[end] > np.nanmax(m) - drop for m in means.values()]
+        if any(near) and inside(beyond):
+            add.append(float(f"{beyond:.3g}"))   # half-decade rates as written: 10, 0.0003, ...
+    return add
+
+
+class Reports:
+    """The reporting runs of a regime, by condition (model, lr): per seed, their final test accuracy, per-image
+    correctness on the test set, accuracy curves, and their trained models (one StackedMLP per pass that trained
+    them). A sequential design adds seeds to a condition with `add`, pass after pass."""
+
+    def __init__(self, test):
+        self.test, self.acc, self.correct, self.curves, self.stacks, self.seeds = test, {}, {}, {}, {}, {}
+        self.curve_steps = None
+
+    def add(self, parts):
+        for key, part in parts.items():
+            h = part.history
+            correct = part.models.per_run(part.models.correct_per_image(self.test)).astype(bool)
+            self.acc[key] = np.concatenate([self.acc.get(key, np.zeros(0)), 100 * h["test_acc"][:, -1]])
+            self.correct[key] = np.concatenate([self.correct[key], correct]) if key in self.correct else correct
+            if "curve_acc" in h:
+                self.curves[key] = np.concatenate([self.curves[key], h["curve_acc"]]) if key in self.curves \
+                    else h["curve_acc"]
+                self.curve_steps = h["curve_steps"]
+            self.stacks.setdefault(key, []).append(part.models)
+            self.seeds[key] = self.seeds.get(key, []) + [r.seed for r in part.runs]
+
+    def n(self, key):
+        return len(self.acc[key])
+
+    def first(self, key, n):
+        """The condition's first n seeds' final test accuracy (points)."""
+        return self.acc[key][:n]
+
+    def paired(self, a, b, n=None):
+        """a − b in points, per seed and per test image [n, images] (n: the seeds both have)."""
+        n = n or min(self.n(a), self.n(b))
+        if self.seeds[a][:n] != self.seeds[b][:n]:
+            raise ValueError(f"{a} and {b} are not paired seed by seed")
+        return 100.0 * (self.correct[a][:n].astype(float) - self.correct[b][:n].astype(float))
+
+    def decide(self, a, b, contrast, n=None):
+        """The paired accuracy difference a − b decided over its seeds and the test images (n: its first n seeds)."""
+        seed_means, images = per_image(self.paired(a, b, n))
+        return decide(seed_means, contrast, images=images)
+
+    def plan(self, a, b, contrast, first, maximum):
+        """The sequential design for a − b: its first `first` paired seeds give n, at most `maximum`."""
+        seed_means, images = per_image(self.paired(a, b, first))
+        return planned_seeds(seed_means, contrast, maximum=maximum, images=images)
+
+
+def bisect_edges(protocol, description, archs, seeds, data, bracket, factor, epochs, fails):
+    """Per seed and model, the largest stable lr by bisection in log lr: on the bracket (increasing rates), then
+    between the last rate that trains and the first that fails until their ratio is at most `factor`.
+
+    `fails(part)` says per run whether it failed. Returns ({name: edges [seeds]}, {name: seeds whose failures on
+    the bracket were not monotone in lr}, {name: seeds censored at a bracket end}). All rates of a step train in one
+    pass (every run has its own lr)."""
+    names = list(archs)
+    parts = protocol.train(f"{description}, bracket", {n: grid_runs(seeds, bracket, archs[n]) for n in names},
+                           data, epochs, evaluate=("test",))
+    low, high, odd, censored = {}, {}, {}, {}
+    for n in names:
+        bad = rates_first(fails(parts[n]), len(bracket))               # [rates, seeds]
+        first_fail = np.where(bad.any(0), bad.argmax(0), len(bracket))
+        odd[n] = [s for k, s in enumerate(seeds) if bad[first_fail[k]:, k].sum() < len(bracket) - first_fail[k]]
+        censored[n] = [s for k, s in enumerate(seeds) if first_fail[k] in (0, len(bracket))]
+        low[n] = np.array([bracket[max(f - 1, 0)] / (factor if f == 0 else 1) for f in first_fail], dtype=float)
+        high[n] = np.array([bracket[f] if f < len(bracket) else bracket[-1] for f in first_fail], dtype=float)
+        low[n][first_fail == len(bracket)] = bracket[-1]
+    while any((high[n] / low[n] > factor).any() for n in names):
+        middle = {n: np.sqrt(low[n] * high[n]) for n in names}
+        open_ = {n: np.flatnonzero(high[n] / low[n] > factor) for n in names}   # only the seeds still open train
+        step = protocol.train(f"{description}, bisection", {n: [Run(seeds[k], float(middle[n][k]), arch=archs[n])
+                                                                for k in open_[n]] for n in names},
+                              data, epochs, evaluate=("test",))
+        for n in names:
+            if len(open_[n]):
+                bad = fails(step[n])
+                high[n][open_[n][bad]] = middle[n][open_[n][bad]]
+                low[n][open_[n][~bad]] = middle[n][open_[n][~bad]]
+    return low, odd, censored

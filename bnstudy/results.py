@@ -10,11 +10,13 @@ import PIL.Image
 from IPython.display import Image, Markdown, display
 
 from .norms import NORMS
+from .stats import (FINER, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
+                    robustness)
 
 
 PUBLISHED = {  # the tutorial's single runs, test accuracy (%) after each epoch (Raminyazdani/neural-network-training-techniques)
-    "baseline": [20.4, 31.9, 42.4, 45.0, 56.3],
-    "batchnorm": [71.6, 76.2, 78.1, 79.4, 80.6],
+    "baseline": [20.43, 31.87, 42.40, 45.02, 56.32],
+    "batchnorm": [71.55, 76.19, 78.14, 79.43, 80.56],
 }
 SECOND_PUBLISHED = {"baseline": {1: 22.8, 5: 57.2}, "batchnorm": {1: 73.8, 5: 82.1}}  # the course version: epochs 1, 5
 
@@ -97,41 +99,64 @@ def markdown_table(header, rows):
     return Markdown("\n".join(lines))
 
 
-VERDICT_COLUMNS = ("claim", "where it comes from", "experiment", "primary contrast", "margin", "verdict",
-                   "estimate [95 % CI]", "other numbers (descriptive)", "section")
+VERDICT_COLUMNS = ("claim", "where it comes from", "regime", "primary contrast", "margin", "verdict",
+                   "estimate [95 % CI]", "reads", "sensitivity verdicts", "same verdict from another seed set",
+                   "other numbers (descriptive)", "section")
 
 
-def record_verdict(verdicts, claim, source, experiment, decision, other, section, stated=None):
-    """Add one row to the verdict table from a `bnstudy.stats.decide` Decision, and show it where it was decided.
+def _decision_row(d):
+    """What a Decision keeps in the results JSON: enough to decide it again."""
+    return {"outcome": d.outcome, "estimate": d.estimate, "ci95": [d.low, d.high], "seeds": d.n,
+            "text": d.text(), "contrast": dataclasses.asdict(d.contrast), "values": list(d.values),
+            "images": dataclasses.asdict(d.images) if d.images is not None else None}
 
-    The verdict is the decision's outcome and nothing else; `other` holds descriptive numbers, which decide
-    nothing. `section` is (number, anchor id). `stated` is the outcome that the prose finding below the cell was
-    written for: a run with another SEED or other settings may reach another, and then a note says so where the
-    reader meets the finding (the verdict is a result, so the notebook does not stop). Returns the outcome.
-    """
+
+def redecide(row):
+    """The Decision a verdict row (or one of its sensitivity rows) of the results JSON was decided as, decided again
+    from the values it keeps: what a reader, or a test, re-derives from the file alone."""
+    images = ImageSampling(**row["images"]) if row.get("images") else None
+    return decide(row["values"], Contrast(**row["contrast"]), images=images)
+
+
+def record_claim(verdicts, claim, primary, sensitivity=None, other="", section=("", "")):
+    """Decide one row of the registry (a `bnstudy.claims.Claim`) and show it where it was decided, with its finding.
+
+    `primary` is the Decision of the claim's primary contrast; `sensitivity` {condition: Decision}, every other
+    condition run for it, decided by the same rule. The row reads robust or depends on (`stats.robustness`), shows
+    the predictive probability that another seed set reaches the same verdict, and its verdict at half and twice
+    the margin (descriptive). `other` holds descriptive numbers, which decide nothing. Returns the finding."""
+    sensitivity = sensitivity or {}
     number, anchor = section
-    c = decision.contrast
-    power = ("enough seeds by the power rule" if decision.enough_seeds else
-             f"the power rule asks for about {decision.seeds_needed:,} seeds" if decision.seeds_needed < 10 ** 6 else
-             "the estimate sits on a margin edge")
-    verdict = decision.outcome + (f" ({power})" if decision.outcome == "not resolved" else "")
+    c = primary.contrast
+    robust = robustness(primary, sensitivity)
+    replication = replication_probability(primary)
+    margins = at_other_margins(primary) if primary.outcome != FINER else {0.5: FINER, 2.0: FINER}
     claimed = ("above " if c.direction > 0 else "below ") + ("1×" if c.ratio else "0")
-    verdicts[claim] = {**dict(zip(VERDICT_COLUMNS, (claim, source, experiment, f"{c.what}; the claim predicts {claimed}",
-                                                    f"{decision.margin_text}: {c.why}", verdict, decision.text(),
-                                                    other, number))),
-                       "anchor": anchor, "outcome": decision.outcome, "seeds": decision.n,
-                       "seeds needed": decision.seeds_needed, "estimate": decision.estimate,
-                       "estimate, short": decision.text(short=True),
-                       "ci95": [decision.low, decision.high], "contrast": dataclasses.asdict(c),
-                       "values": list(decision.values),
-                       "images": dataclasses.asdict(decision.images) if decision.images is not None else None}
-    display(Markdown(f"**Verdict: {verdict}.** {c.what}: {decision.text()} (margin {decision.margin_text}; {power})."
-                     + (f" *Descriptive:* {other}" if other else "")))
-    verdicts[claim]["finding written for"] = stated
-    if stated is not None and stated != decision.outcome:
-        display(Markdown(f"**Note: this run's verdict is *{decision.outcome}*. The finding below was written for a "
-                         f"run whose verdict was *{stated}*, so it does not describe this run.**"))
-    return decision.outcome
+    verdict = primary.outcome + (" (the estimate sits on a margin edge)" if primary.outcome == "not resolved"
+                                 and primary.seeds_needed >= 10 ** 6 else "")
+    others = "; ".join(f"{name}: {d.outcome}, {d.text()}" for name, d in sensitivity.items()) or "none run"
+    columns = (claim.claim, claim.source, claim.regime, f"{c.what}; the claim predicts {claimed}",
+               f"{primary.margin_text}: {c.why}", verdict, primary.text(), robust.text(), others,
+               f"{100 * replication:.0f} %", other, number)
+    text = finding(claim.claim, primary, robust, sensitivity)
+    verdicts[claim.claim] = {**dict(zip(VERDICT_COLUMNS, columns)), "key": claim.key, "anchor": anchor,
+                             **_decision_row(primary), "estimate, short": primary.text(short=True),
+                             "seeds needed": primary.seeds_needed, "reads_as": robust.reads, "depends_on": list(robust.on),
+                             "replication_probability": replication,
+                             "at_half_margin": margins[0.5], "at_twice_margin": margins[2.0],
+                             "sensitivity": [{"condition": name, **_decision_row(d)} for name, d in sensitivity.items()],
+                             "statement": claim.statement, "verbatim": claim.verbatim,
+                             "source_regime": claim.source_regime, "seen_before": claim.seen_before,
+                             "disagreement": claim.disagreement, "finding": text}
+    display(Markdown(f"**Verdict: {verdict}**, {robust.text()}; another seed set gives the same verdict with "
+                     f"probability {100 * replication:.0f} % (predictive simulation). {c.what}: {primary.text()} "
+                     f"(margin {primary.margin_text}); at half and twice the margin: {margins[0.5]}, "
+                     f"{margins[2.0]}." + "".join(f"\n- *{name}:* {d.outcome}, {d.text()}"
+                                                  for name, d in sensitivity.items())
+                     + (f"\n\n*Descriptive:* {other}" if other else "")
+                     + (f"\n\n*Where the source's regime differs:* {claim.disagreement}" if claim.disagreement else "")))
+    display(Markdown(f"**Finding.** {text}"))
+    return text
 
 
 WHY = {  # what each outcome says about the CI, in the words of the decision rule
@@ -139,6 +164,7 @@ WHY = {  # what each outcome says about the CI, in the words of the decision rul
     "no effect that matters": "its 95 % CI lies within ± {margin}",
     "the opposite holds": "its 95 % CI lies beyond the {margin} margin against the direction the claim predicts",
     "not resolved": "its 95 % CI crosses an edge of the ± {margin} margin",
+    "needs a finer measurement": "every seed gave the same value, so its CI has zero width and decides nothing",
 }
 
 
@@ -157,15 +183,49 @@ def finding(claim, decision, robust=None, sensitivity=None):
             f"{name}, where it reads *{sensitivity[name].outcome}* ({sensitivity[name].text()})" for name in robust.on)
     elif robust is not None and robust.reads == "robust":
         sentence += f"; {robust.text()}: no other condition run for it ({', '.join(sensitivity)}) decides otherwise"
+    elif robust is not None and robust.conditions == 0:
+        sentence += "; no other condition was run for it"
     elif robust is not None and robust.reads == "no condition decided":
         sentence += f"; none of the other conditions run for it ({', '.join(sensitivity)}) was decided"
     return sentence + "."
 
 
+def compact_row(v, link="#"):
+    """One row of the compact verdict table (claim, verdict, estimate, robust or depends on, replication, section)."""
+    return [v["claim"], v["outcome"], v["estimate, short"], v["reads"], f"{100 * v['replication_probability']:.0f} %",
+            f"[{v['section']}]({link}{v['anchor']})"]
+
+
+COMPACT_COLUMNS = ["claim", "verdict", "primary: estimate [95 % CI]", "other conditions", "same verdict again",
+                   "section"]
+
+
 def verdict_tables(verdicts):
-    """The compact table (claim, verdict, primary estimate, link) and the full one (every column), as Markdown."""
-    compact = markdown_table(["claim", "verdict", "primary contrast: estimate [95 % CI]", "section"],
-                             [[v["claim"], v["outcome"], v["estimate, short"], f"[{v['section']}](#{v['anchor']})"]
-                              for v in verdicts.values()])
+    """The compact table (claim, verdict, primary estimate, robustness, replication, link) and the full one (every
+    column), as Markdown."""
+    compact = markdown_table(COMPACT_COLUMNS, [compact_row(v) for v in verdicts.values()])
     full = markdown_table(VERDICT_COLUMNS, [[v[c] for c in VERDICT_COLUMNS] for v in verdicts.values()])
     return compact, full
+
+
+def decision_figure(rows, xlabel, title, margin, ratio=False):
+    """Decided contrasts as points with their 95 % CIs, one row each ({label: Decision}), against the line of no
+    effect and the band of ± the margin (on a log axis for ratios): the point of a comparison at a glance."""
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    for i, d in enumerate(rows.values()):
+        ax.errorbar(d.estimate, i, xerr=[[d.estimate - d.low], [d.high - d.estimate]], fmt="o", ms=7, capsize=5,
+                    color="black")
+        ax.annotate(f"{d.estimate:.2g}×" if ratio else f"{d.estimate:+.1f}", (d.estimate, i), xytext=(0, 7),
+                    textcoords="offset points", ha="center", fontsize=8)
+    no_effect = 1.0 if ratio else 0.0
+    ax.axvline(no_effect, color="gray", lw=0.8)
+    band = (1 / margin, margin) if ratio else (-margin, margin)
+    ax.axvspan(*band, color="gray", alpha=0.15, label=f"within the margin (± {margin:g}" + ("×)" if ratio else ")"))
+    if ratio:
+        ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return fig

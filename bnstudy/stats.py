@@ -124,7 +124,8 @@ def fmt_ratio(ratios):
 # ---------------------------------------------------------------------------------------------------------------
 # The decision rule. Every verdict of the study is written by `decide`, from one declared primary contrast.
 
-OUTCOMES = ("holds", "no effect that matters", "the opposite holds", "not resolved")
+OUTCOMES = ("holds", "no effect that matters", "the opposite holds", "not resolved", "needs a finer measurement")
+FINER = OUTCOMES[4]   # a zero-width CI (every seed gave the same value): it decides nothing, and more seeds will not help
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +228,8 @@ def decide(values, contrast, level=0.95, images=None):
     """The study's one decision rule, on per-seed values of a declared primary contrast.
 
     holds: the CI lies beyond the margin in the claimed direction; no effect that matters: the CI lies within
-    ± the margin; the opposite holds: beyond the margin the other way; not resolved: anything else. With `images`
+    ± the margin; the opposite holds: beyond the margin the other way; not resolved: anything else; a CI of zero
+    width (every seed the same value, e.g. a ratio read off a grid) needs a finer measurement. With `images`
     (from `per_image`), the CI covers the sampling of the test images as well as the seeds.
     """
     x = _on_scale(values, contrast)
@@ -239,7 +241,7 @@ def decide(values, contrast, level=0.95, images=None):
     low, high = mean - half, mean + half
     lo, hi = sorted((contrast.direction * low, contrast.direction * high))   # claimed direction is positive
     edge = contrast.edge
-    outcome = ("holds" if lo > edge else "the opposite holds" if hi < -edge
+    outcome = (FINER if half == 0 else "holds" if lo > edge else "the opposite holds" if hi < -edge
                else "no effect that matters" if -edge < lo and hi < edge else "not resolved")
     back = (lambda v: 10 ** v) if contrast.ratio else (lambda v: v)
     return Decision(outcome, float(back(mean)), float(back(low)), float(back(high)), len(x),
@@ -255,7 +257,7 @@ def plan_seeds(tuning_values, contrast, minimum=10, maximum=30):
 # ---------------------------------------------------------------------------------------------------------------
 # Beyond one verdict: would another seed set agree, and does the verdict survive the other conditions run for it?
 
-DECIDED = OUTCOMES[:3]   # "not resolved" decides nothing, so it never makes a row depend on a condition
+DECIDED = OUTCOMES[:3]   # "not resolved" and a zero-width CI decide nothing: they never make a row depend on a condition
 
 
 def _outcome(lo, hi, edge):
@@ -272,6 +274,8 @@ def replication_outcomes(decision, draws=4000, seed=0, level=0.95):
     set's mean and SD are drawn given them, and its CI (with the same test-image part) is decided by the same rule.
     """
     c = decision.contrast
+    if decision.outcome == FINER:   # no spread: another seed set of this measurement gives the same zero-width CI
+        return {o: float(o == FINER) for o in OUTCOMES}
     x = _on_scale(decision.values, c)
     n, rng = len(x), np.random.default_rng(seed)
     sigma2 = (n - 1) * x.var(ddof=1) / rng.chisquare(n - 1, draws)
@@ -287,7 +291,7 @@ def replication_outcomes(decision, draws=4000, seed=0, level=0.95):
         quantile = np.array([table[d] for d in dofs])
     half = quantile * np.sqrt(new_var / n + fixed)
     lo, hi = np.sort(c.direction * np.stack([new_mean - half, new_mean + half]), axis=0)
-    counts = np.bincount(_outcome(lo, hi, c.edge), minlength=len(OUTCOMES))
+    counts = np.bincount(_outcome(lo, hi, c.edge), minlength=len(OUTCOMES))   # (half > 0 in every draw)
     return dict(zip(OUTCOMES, (counts / draws).tolist()))
 
 
@@ -347,6 +351,8 @@ class Robustness:
             return f"depends on {', '.join(self.on)}"
         if self.reads == "robust":
             return f"robust ({self.decided} of {self.conditions} conditions decided, all agree)"
+        if self.conditions == 0:
+            return "no other condition run"
         return self.reads
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bnstudy.protocol import one_se_pick
-from bnstudy.stats import OUTCOMES, Contrast, decide, mean_ci, plan_seeds, seeds_needed, t_quantile
+from bnstudy.stats import FINER, OUTCOMES, Contrast, decide, mean_ci, plan_seeds, seeds_needed, t_quantile
 
 POINTS = Contrast("A − B (points)", direction=+1, margin=1.0, why="a point of accuracy")
 FEWER = Contrast("steps A / steps B", direction=-1, margin=1.25, why="a quarter fewer steps", ratio=True, unit="×")
@@ -65,8 +65,9 @@ def test_the_ci_is_students_t_on_the_contrasts_scale():
 
 
 def test_edges_zero_spread_and_two_seeds():
-    assert decide([2.0, 2.0, 2.0], POINTS).outcome == "holds"                     # a zero-width CI beyond the edge
-    on_edge = decide([1.0, 1.0, 1.0], POINTS)
+    assert decide([2.0, 2.0, 2.0], POINTS).outcome == FINER                       # a zero-width CI decides nothing
+    assert decide([1.0, 1.0, 1.0], POINTS).outcome == FINER
+    on_edge = decide([0.9, 1.0, 1.1], POINTS)
     assert on_edge.outcome == "not resolved" and on_edge.seeds_needed == 10 ** 6  # on the edge: no budget resolves it
     assert decide([0.9, 1.1], POINTS).outcome == "not resolved"                  # n = 2, t = 12.7: wide
     assert decide([2.9, 3.1], POINTS).outcome == "holds"

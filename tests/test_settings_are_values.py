@@ -7,13 +7,11 @@ import pytest
 
 from study_notebook import errors_of, execute_with
 
-TINY = {  # a configuration that trains in about a minute on 2 cores; its findings need not hold
-    "SEED": 3, "LR": 0.01, "EPOCHS": 2, "N_SEEDS": 2, "TUNING_SEEDS": 2, "MIN_SEEDS": 2, "MAX_SEEDS": 3,
-    "VAL_SIZE": 50_000, "PROBE_SIZE": 500, "LEARNING_RATES": [0.01, 0.1, 1.0], "HIGH_RATES": [0.1, 1.0, 10.0],
-    "EFFECTIVE_LR_AT": 1.0, "CURVE_POINTS": 4, "INIT_SCALES": [0.1, 1.0], "DEPTHS": [2, 3], "DEPTH_RATES": [0.1],
-    "DEPTH_TRAIN_SIZE": 2_000, "SHORT_TRAIN_SIZE": 2_000, "OPTIMIZER_RATES": {"SGD, momentum 0.9": [0.01],
-    "Adam": [0.001]}, "LONG_EPOCHS": 2, "LONG_TRAIN_SIZE": 1_000, "LONG_RATES": [0.1], "TEST_BATCH_SIZES": [1, 4, 10000],
-    "LANDSCAPE_SIZE": 200, "HESSIAN_ITERATIONS": 4, "ACTIVATION_IMAGES": 200,
+TINY = {  # a configuration that trains in under a minute on 2 cores; its findings need not hold
+    "SEED": 3, "LR": 0.01, "EPOCHS": 2, "TUNING_SEEDS": 2, "FIRST_SEEDS": 2, "MAX_SEEDS": 3, "VAL_SIZE": 50_000,
+    "PROBE_SIZE": 500, "GRID": [0.01, 0.1, 1.0], "GRID_LIMITS": [0.003, 3.0], "FINALISTS": 2,
+    "EDGE_BRACKET": [0.1, 10.0], "EDGE_FACTOR": 3.0, "CURVE_POINTS": 4, "CHECKPOINT_EPOCHS": [1], "DEPTHS": [2, 3],
+    "TEST_BATCH_SIZES": [1, 4, 64, 10000], "LANDSCAPE_SIZE": 200, "HESSIAN_ITERATIONS": 4, "ACTIVATION_IMAGES": 200,
 }
 
 
@@ -35,11 +33,12 @@ def outputs_text(nb):
     return "\n".join(parts)
 
 
-def test_only_findings_may_fail_in_a_tiny_run(tiny_run):
-    """A tiny run trains too little for the findings to hold, but no cell may break on a changed setting, and the
-    checks of the machinery (cells tagged `check`: from-scratch BatchNorm, the engine, the twin) must still pass."""
+def test_a_tiny_run_passes_every_cell(tiny_run):
+    """A tiny run trains too little for its verdicts to mean much, but findings are results, not asserts: no cell may
+    break on a changed setting, whatever the verdicts, and the checks of the machinery (cells tagged `check`:
+    from-scratch BatchNorm, the engine, the twin) must pass."""
     errors = errors_of(tiny_run[0])
-    assert all(e["ename"] == "AssertionError" for e in errors), [(e["ename"], e["evalue"]) for e in errors]
+    assert not errors, [(e["ename"], e["evalue"]) for e in errors]
     checks = [c for c in tiny_run[0].cells if "check" in c.metadata.get("tags", [])]
     assert len(checks) == 3 and not [e for c in checks for e in errors_of({"cells": [c]})]
 
@@ -47,11 +46,13 @@ def test_only_findings_may_fail_in_a_tiny_run(tiny_run):
 def test_the_reference_lr_is_labelled_by_its_value(tiny_run):
     text = outputs_text(tiny_run[0])
     assert not re.search(r"lr 0\.001\b", text), re.findall(r".{60}lr 0\.001.{20}", text)[:3]
-    assert "at lr 0.01" in text and "test acc at lr 0.01 (%)" in text
+    assert "at lr 0.01" in text and "the best scale control at lr 0.01" in text
 
 
 def test_the_tiny_run_went_to_the_end(tiny_run):
     """The last cells ran and wrote the summary of this configuration, not of the committed one."""
     summary = json.loads((tiny_run[1] / "study_summary.json").read_text())
     assert summary["config"]["lr"] == 0.01 and summary["config"]["seed"] == 3
-    assert not [v["claim"] for v in summary["summary"]["verdicts"] if "lr 0.001" in json.dumps(v, ensure_ascii=False)]
+    registry_text = ("statement", "source_regime", "seen_before", "disagreement", "regime")   # the sources' words
+    measured = [{k: x for k, x in v.items() if k not in registry_text} for v in summary["summary"]["verdicts"]]
+    assert not [v["claim"] for v in measured if "lr 0.001" in json.dumps(v, ensure_ascii=False)]

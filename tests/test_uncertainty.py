@@ -211,7 +211,11 @@ def test_the_finding_names_the_condition_it_depends_on():
     assert "robust" in finding("A beats B", primary, robustness(primary, same), same)
     for mean in (3.0, 0.0, -3.0, 1.0):
         outcomes_seen.add(decide(sample(mean, 1.0 if mean else 0.5), POINTS).outcome)
+    flat = decide([2.0, 2.0, 2.0], POINTS)                      # every seed the same: a zero-width CI
+    outcomes_seen.add(flat.outcome)
     assert outcomes_seen == set(OUTCOMES)
+    assert "zero width and decides nothing" in finding("A beats B", flat, robustness(flat, {}), {})
+    assert "no other condition was run" in finding("A beats B", flat, robustness(flat, {}), {})
 
 
 def test_the_verdict_at_half_and_twice_the_margin():
