@@ -208,9 +208,11 @@ def verdict_tables(verdicts):
     return compact, full
 
 
-def decision_figure(rows, xlabel, title, margin, ratio=False):
+def decision_figure(rows, xlabel, title, margin, ratio=False, linthresh=None):
     """Decided contrasts as points with their 95 % CIs, one row each ({label: Decision}), against the line of no
-    effect and the band of ± the margin (on a log axis for ratios): the point of a comparison at a glance."""
+    effect and the band of ± the margin (on a log axis for ratios): the point of a comparison at a glance.
+    `linthresh`: a symmetric log axis, linear within ± linthresh, so that one large difference does not squeeze
+    the small ones into the margin band."""
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
     for i, d in enumerate(rows.values()):
         ax.errorbar(d.estimate, i, xerr=[[d.estimate - d.low], [d.high - d.estimate]], fmt="o", ms=7, capsize=5,
@@ -223,6 +225,12 @@ def decision_figure(rows, xlabel, title, margin, ratio=False):
     ax.axvspan(*band, color="gray", alpha=0.15, label=f"within the margin (± {margin:g}" + ("×)" if ratio else ")"))
     if ratio:
         ax.set_xscale("log")
+    elif linthresh:
+        ax.set_xscale("symlog", linthresh=linthresh)
+        lo, hi = min(d.low for d in rows.values()), max(d.high for d in rows.values())
+        ax.set_xticks([t for t in (-50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50) if lo - 1 <= t <= hi + 1])
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
+        ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_yticks(range(len(rows)), list(rows), fontsize=9)
     ax.set_ylim(len(rows) - 0.5, -0.8)
     ax.set(xlabel=xlabel, title=title)

@@ -168,12 +168,21 @@ class Decision:
     images: ImageSampling = None   # with the values, what the test images' sampling added to the CI (None: seeds only)
 
     def text(self, digits=1, short=False):
-        """'+1.2 [+0.7, +1.7] points, 12 seeds' or '1.9× [1.6×, 2.3×], 12 seeds'; short: without unit and seeds."""
-        if self.contrast.ratio:
-            interval = f"{self.estimate:.3g}× [{self.low:.3g}×, {self.high:.3g}×]"
+        """'+1.2 [+0.7, +1.7] points, 12 seeds' or '1.9× [1.6×, 2.3×], 12 seeds'; short: without unit and seeds.
+
+        A CI end that would round onto a margin edge it does not reach gets more digits (up to two more), so that an
+        undecided CI never reads as if it ended on the edge: −0.96, not −1.0, against a 1-point margin."""
+        c = self.contrast
+        edges = (c.margin, 1 / c.margin) if c.ratio else (c.margin, -c.margin)
+        show = (lambda x, d: f"{x:.{d + 2}g}") if c.ratio else (lambda x, d: f"{x:+.{d}f}")
+        for d in range(digits, digits + 3):
+            if not any(show(x, d) == show(e, d) and x != e for x in (self.low, self.high) for e in edges):
+                break
+        if c.ratio:
+            interval = f"{show(self.estimate, d)}× [{show(self.low, d)}×, {show(self.high, d)}×]"
         else:
-            interval = f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]" \
-                       + ("" if short else f" {self.contrast.unit}")
+            interval = f"{show(self.estimate, d)} [{show(self.low, d)}, {show(self.high, d)}]" \
+                       + ("" if short else f" {c.unit}")
         return interval if short else f"{interval}, {self.n} seeds"
 
     @property

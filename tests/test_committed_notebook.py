@@ -66,21 +66,24 @@ def test_saved_progress_is_plain_text_lines(committed):
     lines = [line for o in streams for line in "".join(o["text"]).splitlines()]
     assert any(re.match(r"BatchNorm ×\d+ epoch 5/5: train loss", line) for line in lines)
     records = [line for line in lines if re.match(r"[\d.]+ · .+: \d+ runs × \d+ epochs? of [\d,]+ images$", line)]
-    assert len(records) >= 20, "every pass leaves the one line that says what it trained"
+    assert len(records) >= 10, "every pass (a few wide ones: the shared lr grid) leaves the line that says what it trained"
 
 
 def test_the_answer_opens_the_notebook(committed):
     """Under the title: the answer, the hero figure and the compact verdict table, filled in by the last section of
-    the same run; then the contents."""
-    title, top, contents = committed["cells"][:3]
+    the same run; then how a verdict is reached, and the contents."""
+    from bnstudy.results import COMPACT_COLUMNS
+    title, top, method = committed["cells"][:3]
     assert title["cell_type"] == "markdown" and "".join(title["source"]).startswith("# ")
     answer, hero, table = top["outputs"]
-    assert "".join(answer["data"]["text/markdown"]).startswith("**The answer.**")
+    takeaways = "".join(answer["data"]["text/markdown"]).splitlines()
+    assert len(takeaways) >= 5 and all(t.startswith("- *") for t in takeaways)
     assert "image/png" in hero["data"]
     table = "".join(table["data"]["text/markdown"])
-    assert table.startswith("| claim | verdict | primary contrast: estimate [95 % CI] | section |")
+    assert table.startswith("| " + " | ".join(COMPACT_COLUMNS) + " |")
     assert len(table.splitlines()) >= 2 + 9, "a row for every claim on trial"
-    assert "".join(contents["source"]).startswith("**Contents.**")
+    assert "".join(method["source"]).startswith("**How a verdict is reached**")
+    assert "**Contents.**" in "".join(method["source"])
 
 
 def test_the_first_result_figure_comes_early_and_the_notebook_stays_short(committed):
