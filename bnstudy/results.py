@@ -10,7 +10,7 @@ import PIL.Image
 from IPython.display import Image, Markdown, display
 
 from .norms import NORMS
-from .stats import (FINER, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
+from .stats import (DECIDED, FINER, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
                     robustness)
 
 
@@ -174,7 +174,7 @@ def finding(claim, decision, robust=None, sensitivity=None):
     `robust` is a `bnstudy.stats.Robustness` and `sensitivity` the {condition: Decision} it was computed from; a
     row that depends on a condition names it with its outcome and estimate."""
     c = decision.contrast
-    sentence = (f"{claim}: *{decision.outcome}* here. {c.what} is {decision.text()}, and "
+    sentence = (f"{claim}: *{decision.outcome}* here. Estimate {decision.text()} ({c.what}): "
                 + WHY[decision.outcome].format(margin=decision.margin_text))
     if decision.outcome == "not resolved" and decision.seeds_needed < 10 ** 6:
         sentence += f" (the power rule asks for about {decision.seeds_needed:,} seeds)"
@@ -190,10 +190,19 @@ def finding(claim, decision, robust=None, sensitivity=None):
     return sentence + "."
 
 
+def other_conditions(v):
+    """The compact table's word on a row's other conditions: robust or depends on; where the primary was not
+    decided, the verdicts its decided conditions reached (so that they are not hidden)."""
+    if v["reads_as"] != "primary not decided":
+        return v["reads"]
+    decided = [f"{s['condition']}: {s['outcome']}" for s in v["sensitivity"] if s["outcome"] in DECIDED]
+    return "primary not decided; " + ("; ".join(decided) if decided else "no other condition decided either")
+
+
 def compact_row(v, link="#"):
     """One row of the compact verdict table (claim, verdict, estimate, robust or depends on, replication, section)."""
-    return [v["claim"], v["outcome"], v["estimate, short"], v["reads"], f"{100 * v['replication_probability']:.0f} %",
-            f"[{v['section']}]({link}{v['anchor']})"]
+    return [v["claim"], v["outcome"], v["estimate, short"], other_conditions(v),
+            f"{100 * v['replication_probability']:.0f} %", f"[{v['section']}]({link}{v['anchor']})"]
 
 
 COMPACT_COLUMNS = ["claim", "verdict", "primary: estimate [95 % CI]", "other conditions", "same verdict again",
