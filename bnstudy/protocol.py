@@ -97,8 +97,8 @@ class Protocol:
 
     SEED owns a block of seeds (`seed_block`): `tuning_seeds` choose, `reporting_seeds(n)` report; no other SEED
     shares either. `train` trains named lists of runs in one pass; `tune` trains named lr grids on the tuning
-    seeds without the test split and chooses each grid's lr; `report` trains on reporting seeds without the
-    validation split. `model_epochs` adds up what every pass returned.
+    seeds without the test split (a rule of `PICKS` then chooses from their sweeps); `report` trains on reporting
+    seeds without the validation split. `model_epochs` adds up what every pass returned.
     """
 
     def __init__(self, seed, tuning_seeds, batch_size, progress=True):
@@ -178,14 +178,15 @@ class Reports:
         self.curve_steps = None
 
     def add(self, parts):
+        def append(store, key, rows):   # a condition's seeds, pass after pass
+            store[key] = np.concatenate([store[key], rows]) if key in store else rows
+
         for key, part in parts.items():
             h = part.history
-            correct = part.models.per_run(part.models.correct_per_image(self.test)).astype(bool)
-            self.acc[key] = np.concatenate([self.acc.get(key, np.zeros(0)), 100 * h["test_acc"][:, -1]])
-            self.correct[key] = np.concatenate([self.correct[key], correct]) if key in self.correct else correct
+            append(self.acc, key, 100 * h["test_acc"][:, -1])
+            append(self.correct, key, part.models.per_run(part.models.correct_per_image(self.test)).astype(bool))
             if "curve_acc" in h:
-                self.curves[key] = np.concatenate([self.curves[key], h["curve_acc"]]) if key in self.curves \
-                    else h["curve_acc"]
+                append(self.curves, key, h["curve_acc"])
                 self.curve_steps = h["curve_steps"]
             self.stacks.setdefault(key, []).append(part.models)
             self.seeds[key] = self.seeds.get(key, []) + [r.seed for r in part.runs]

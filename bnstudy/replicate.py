@@ -55,7 +55,8 @@ def collect():
     shutil.copyfile(RESULTS / "study_summary.json", BY_SEED / f"{committed['config']['seed']}.json")
     runs = {committed["config"]["seed"]: committed}
     for path in sorted(BY_SEED.glob("*.json"), key=lambda p: int(p.stem)):
-        runs.setdefault(int(path.stem), json.loads(path.read_text()))
+        if int(path.stem) not in runs:   # the committed run's copy is already read
+            runs[int(path.stem)] = json.loads(path.read_text())
     table = {str(seed): seed_record(summary) for seed, summary in runs.items()}
     (RESULTS / "verdicts_by_seed.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
     return table

@@ -10,7 +10,7 @@ import PIL.Image
 from IPython.display import Image, Markdown, display
 
 from .norms import NORMS
-from .stats import (DECIDED, FINER, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
+from .stats import (DECIDED, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
                     robustness)
 
 
@@ -130,7 +130,7 @@ def record_claim(verdicts, claim, primary, sensitivity=None, other="", section=(
     c = primary.contrast
     robust = robustness(primary, sensitivity)
     replication = replication_probability(primary)
-    margins = at_other_margins(primary) if primary.outcome != FINER else {0.5: FINER, 2.0: FINER}
+    margins = at_other_margins(primary)   # a zero-width CI needs a finer measurement at any margin
     claimed = ("above " if c.direction > 0 else "below ") + ("1×" if c.ratio else "0")
     verdict = primary.outcome + (" (the estimate sits on a margin edge)" if primary.outcome == "not resolved"
                                  and primary.seeds_needed >= 10 ** 6 else "")
