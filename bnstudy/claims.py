@@ -24,12 +24,14 @@ REGIMES = {  # name: what every run of the regime shares
                  "shuffled order, 5 epochs of all 60,000 training images, test accuracy on the 10,000 test images; "
                  "reporting seeds by the sequential design (the first 10 estimate the spread, at most 30)",
     "lr grid": "baseline, BatchNorm, LayerNorm, noisy BatchNorm and two scale controls (standardised inputs with He "
-               "init; frozen BatchNorm); plain SGD, batch 64, 5 epochs of the 40,000-image training split, constant "
+               "init; frozen BatchNorm), and GroupNorm (4 groups per layer) and BatchNorm after the ReLU in passes "
+               "of their own (so that the other models' runs stay as they were); plain SGD, batch 64, 5 epochs of the 40,000-image training split, constant "
                "lr; a half-decade grid from 0.001 to 3, extended on either side until each model's mean is at least "
                "5 points below its best or fails; tuned coarse to fine on 5 tuning seeds and the validation split (a "
                "1-epoch screen of the whole grid, then the best 3 rates at 5 epochs, and each control at lr 0.001 "
                "too); each model's lr by argmax (primary) and by the one-SE rule (sensitivity); reporting: 10 seeds "
-               "at every grid point for the baseline and BatchNorm and at the picks for the others, then up to 30 by "
+               "at every grid point for the baseline and BatchNorm and at the picks for the others (BatchNorm after the ReLU also at "
+               "the tutorial's lr), then up to 30 by "
                "the sequential design at each condition a primary reads (the band-width row stays at 10: each more "
                "seed costs the whole grid), read on the test set",
     "lr edge": "per seed and model, the largest stable lr by bisection in log lr, to a factor of 1.1, between the "
@@ -38,14 +40,34 @@ REGIMES = {  # name: what every run of the regime shares
                "failures on the bracket are not monotone in lr is reported",
     "long": "the 40,000-image training split, 20 epochs (4× the lr grid's steps), constant lr (primary) and cosine "
             "to 0 (sensitivity), each model's lr tuned in this regime",
-    "overfitting": "5,000 training images, 100 epochs, constant lr tuned in this regime: small enough that the "
-                   "baseline's validation loss on the tuning seeds rises at least 10 % above its minimum by the end",
+    "overfitting": "the first 5,000 images of the training split, 100 epochs, constant lr tuned in this regime: small enough that the "
+                   "baseline's validation loss on the tuning seeds rises at least 10 % above its minimum by the end; "
+                   "plain SGD, batch 64; each model's lr by argmax over 0.03 and 0.1 on 5 tuning seeds and the "
+                   "first 2,000 images of the validation split (read after every epoch, for the rise; two rates, "
+                   "chosen by a development-seed pilot, for the budget: each run is 100 epochs); reporting: 10 "
+                   "seeds, then up to 20 by the sequential design (a budget choice), read on the test set",
     "init": "init multipliers 0.01, 0.1, 1 and 10 on the default init, 5 epochs of the training split, lr chosen "
             "per multiplier and model (argmax on the tuning seeds) on the lr grid's rates",
     "depth": "2, 8 and 16 hidden layers of 64, 5 epochs of the first 10,000 training images (a budget choice), lr "
              "chosen per depth and network on the tuning seeds",
     "optimisers": "SGD with momentum 0.9 (half-decade grid 0.001-0.3) and Adam (1e-4-0.03), 5 epochs of the "
                   "training split, lr by argmax on the tuning seeds; a pick at a grid edge extends the grid",
+    "batch size": "baseline, BatchNorm, LayerNorm and GroupNorm (4 groups of units per layer: 16 units per group in "
+                  "the first hidden layer, 8 in the second) at batches of 8, 32, 64, 128 and 512, and ghost BatchNorm "
+                  "at 512; plain SGD, 5 epochs of the first 10,000 images of the training split at every batch size "
+                  "(a budget choice: one training set and one epoch count for all, so a larger batch takes fewer "
+                  "steps); each model's lr tuned per batch size on 5 tuning seeds and the validation split, coarse to "
+                  "fine as the lr grid's (a 1-epoch screen of the 5 half-decades from 0.0003 to 3 nearest in log lr "
+                  "to the linear-scaling guess a · B / 64, a being BatchNorm's argmax lr on the lr grid, extended by "
+                  "the same rule; then the best 2 rates at 5 epochs: fewer rates and one finalist fewer than the lr "
+                  "grid, for the budget), "
+                  "argmax; the linear scaling rule (Goyal et al. 2017) sets BatchNorm's lr to its tuned lr at batch "
+                  "64 × B / 64, no warm-up; reporting: 10 seeds, then up to 20 by the sequential design at each "
+                  "condition a primary reads (a budget choice), read on the test set",
+    "wide": "the tutorial family's MNIST network, 784 → 256 → 128 → 10, baseline and BatchNorm, in the batch-size "
+            "regime at batch 64 (its data, tuning and seeds, the screen's 5 rates around a): plain SGD and SGD with "
+            "momentum 0.9 as that version trains it (its screen around a / 10, a decade lower: momentum 0.9 "
+            "multiplies the step by about 10); the reference network's rows at batch 64 of the same regime beside it",
     "evaluation": "the reference regime's BatchNorm models, evaluated on the test set",
     "same point": "each reporting seed's trained baseline of the lr grid at its argmax lr and its BatchNorm twin (the "
                   "same weights with BatchNorm inserted, γ and β set so that the twin computes what the baseline "
@@ -276,10 +298,103 @@ CLAIMS = (
           seen_before="0.31× at the end of training (one checkpoint of six)"),
 )
 
+LINEAR_SCALING = Condition("linear scaling rule", "batch size", "BatchNorm at batch 8 at its tuned lr at batch 64 "
+                                                               "× 8 / 64 (Goyal et al. 2017), no warm-up (run at "
+                                                               "batch 8 only, for the budget)")
+BATCHES = (32, 64, 128, 512)   # the sensitivity batch sizes of 8.1 (batch 8 is the primary's)
+
+CLAIMS += (
+    Claim("8.1", "BatchNorm's lead over the baseline holds at every batch size",
+          "the tutorial family's MNIST and Keras versions sweep the batch size and read BatchNorm's lead at each",
+          False, "the tutorial family's MNIST and Keras notebooks", "MNIST, one run per batch size", "batch size",
+          contrast("BatchNorm − baseline at batch 8 (where BatchNorm's statistics are noisiest), each at its lr "
+                   "tuned at that batch size, test accuracy after 5 epochs (points)", +1),
+          tuple(Condition(f"batch {b}", "batch size", f"the same contrast at batch {b}") for b in BATCHES)
+          + (LINEAR_SCALING,),
+          seen_before="never run in this form; an earlier round saw BatchNorm ahead at batch 64",
+          disagreement="the claim holds at every batch size only if the primary holds and every batch-size row "
+                       "holds too (a verdict per batch size); the rows share one training set and one epoch count, "
+                       "so batch 512 takes 100 steps and batch 8 takes 6,250"),
+    Claim("8.1", "BatchNorm degrades at small batches, GroupNorm does not",
+          "BN's error increases rapidly when the batch size becomes smaller, caused by inaccurate batch statistics "
+          "estimation.", True, "Wu & He 2018, abstract (and Ioffe 2017, abstract)", "ResNet-50 on ImageNet, "
+          "batches of 2 to 32 images per GPU", "batch size",
+          contrast("[BatchNorm(8) − BatchNorm(64)] − [GroupNorm(8) − GroupNorm(64)], each at its lr tuned per batch "
+                   "size, test accuracy after 5 epochs (points)", -1),
+          (Condition("LayerNorm", "batch size", "LayerNorm in place of GroupNorm"),
+           Condition("linear scaling rule", "batch size", "BatchNorm(8) at its batch-64 lr × 8 / 64, no warm-up")),
+          seen_before="GroupNorm tuned 1.1 ± 0.4 below BatchNorm at batch 64 (an earlier round); no small batches",
+          disagreement="the source's batches hold images of a CNN, whose statistics pool over many pixels; here a "
+                       "batch of 8 gives each unit 8 values, and the source's epochs are fixed as ours are"),
+    Claim("8.2", "Ghost BatchNorm beats full-batch statistics at a large batch",
+          "[...] a novel algorithm named \"Ghost Batch Normalization\" which enables significant decrease in the "
+          "generalization gap without increasing the number of updates.", True, "Hoffer, Hubara & Soudry 2017, "
+          "abstract", "large-batch training of CNNs on CIFAR and ImageNet, ghost batches of 128", "batch size",
+          contrast("ghost BatchNorm (ghost batches of 32) − BatchNorm, both at batch 512, each at its own tuned lr, "
+                   "test accuracy after 5 epochs (points)", +1),
+          (Condition("ghost batches of 16", "batch size", "ghost batches of 16"),
+           Condition("ghost batches of 64", "batch size", "ghost batches of 64")),
+          seen_before="never run",
+          disagreement="the running statistics move once per batch by the mean of the ghost groups' means and "
+                       "unbiased variances (the convention stated in bnstudy/norms.py; evaluation uses them as "
+                       "BatchNorm does); the source also trains longer and raises the lr, which this regime does not"),
+    Claim("8.3", "BatchNorm beats GroupNorm, which uses no batch statistics",
+          "the reference README lists GroupNorm among the normalisations to explore", False,
+          "the tutorial's README (further exploration)", "any", "lr grid",
+          contrast("BatchNorm − GroupNorm (4 groups per layer), each at its argmax lr, test accuracy after 5 epochs "
+                   "(points)", +1), (ONE_SE,),
+          seen_before="tuned 1.1 ± 0.4 below BatchNorm (an earlier round, another regime)"),
+    Claim("8.4", "Dropout adds less to a BatchNorm network than to the baseline",
+          "It also acts as a regularizer, in some cases eliminating the need for Dropout.", True,
+          "Ioffe & Szegedy 2015, abstract", "Inception on ImageNet", "overfitting",
+          contrast("[BatchNorm + dropout − BatchNorm] − [baseline + dropout − baseline], dropout 0.5 after each "
+                   "hidden ReLU, each model at its lr tuned in this regime, test accuracy after 100 epochs (points)",
+                   -1),
+          (Condition("dropout before BatchNorm", "overfitting", "dropout 0.5 between each hidden Linear and its "
+                                                             "BatchNorm, where Li et al. 2019 find a variance shift"),),
+          seen_before="never run with dropout; BatchNorm's own lead in this regime was cut from the last round",
+          disagreement="rate 0.5 after the ReLU is Srivastava et al. 2014's rate for hidden units and the usual "
+                       "place; the source's network has no dropout to compare, so the claim is read as the gain "
+                       "dropout still adds"),
+    Claim("8.5", "BatchNorm after the ReLU beats BatchNorm before it",
+          "the tutorial family's Keras version applies the step right before (or right after) the nonlinearity; its "
+          "MNIST version normalises the output of a previous activation layer", False,
+          "the tutorial family's Keras and MNIST notebooks", "MNIST", "lr grid",
+          contrast("BatchNorm after the ReLU − BatchNorm before it, each at its argmax lr, test accuracy after 5 "
+                   "epochs (points)", +1),
+          (ONE_SE, Condition("the tutorial's lr", "lr grid", "both at the tutorial's lr")),
+          seen_before="+2.5 ± 0.8 at lr 0.001 and −1.6 ± 0.3 at the best lr (an earlier round): expect depends on",
+          disagreement="the source says either place works: its reading of this row is no effect that matters, "
+                       "and holds or the opposite holds would contradict it"),
+    Claim("8.6", "The tutorial's gap transfers to the wider MNIST network",
+          "the tutorial's comparison at its lr, made on the family's MNIST network", False,
+          "the tutorial family's MNIST notebook (784 → 256 → 128 → 10)", "MNIST, SGD with momentum", "wide",
+          contrast("BatchNorm − baseline, 784 → 256 → 128 → 10, both at the tutorial's lr, plain SGD, test accuracy "
+                   "after 5 epochs (points)", +1),
+          (Condition("momentum 0.9", "wide", "SGD with momentum 0.9, both at the tutorial's lr"),
+           Condition("the reference network", "batch size", "784 → 64 → 32 → 10 at the tutorial's lr, plain SGD")),
+          seen_before="never run in this regime",
+          disagreement="transfers means the same verdict on the plain-SGD and the momentum rows"),
+    Claim("8.6", "The tuned lead transfers to the wider MNIST network",
+          "the study's tuned comparison, made on the family's MNIST network", False,
+          "the tutorial family's MNIST notebook (784 → 256 → 128 → 10)", "MNIST, SGD with momentum", "wide",
+          contrast("BatchNorm − baseline, 784 → 256 → 128 → 10, each at its argmax lr, plain SGD, test accuracy "
+                   "after 5 epochs (points)", +1),
+          (Condition("momentum 0.9", "wide", "SGD with momentum 0.9, each at its argmax lr"),
+           Condition("the reference network", "batch size", "784 → 64 → 32 → 10, each at its argmax lr at batch 64")),
+          seen_before="never run in this regime",
+          disagreement="transfers means the same verdict on the plain-SGD and the momentum rows"),
+)
+
 CUT_CONDITIONS = {  # sensitivity conditions registered before, cut from this round for its budget: {claim: what}
     "BatchNorm allows much higher learning rates": "the edge after 5 epochs (5× the bisection's cost)",
     "Precise BatchNorm statistics beat the running averages (EMA)": "after 20 epochs at a constant lr and after 20 "
                                                                     "epochs of a cosine schedule (the long regime)",
+}
+CUT_CLAIMS = {  # claims the issue asked for that this round cut for its budget, before the run: {claim: why}
+    "Normalising with the statistics of shifted test batches helps (Nado et al. 2020; Schneider et al. 2020)":
+        "the first to go when the 13-minute budget binds, as the issue orders; the statistics of test batches are "
+        "section 6.1's pitfall on unshifted images",
 }
 
 MEASUREMENTS = {  # what the study measures without a verdict: a direction the algebra fixes is no trial

@@ -53,6 +53,11 @@ SETTINGS = {  # name: (check, what is allowed)
     "DATA_ROOT": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "DEVICE": (lambda v: isinstance(v, str) and DEVICES.fullmatch(v) is not None, DEVICES_ALLOWED),
     "RESULTS_DIR": (lambda v: isinstance(v, str) and v != "", "a folder path"),
+    "BATCHES": _list(_int(2)), "SUBSET": _int(2), "BATCH_GRID": _list(_positive()),
+    "SCREEN_RATES": _int(3), "SMALL_FINALISTS": _int(1), "SMALL_MAX_SEEDS": _int(2), "GROUPS": _int(1),
+    "GHOSTS": _list(_int(2), sorted_=False), "OVERFIT_SIZE": _int(2), "OVERFIT_EPOCHS": _int(1),
+    "OVERFIT_VAL": _int(1), "OVERFIT_GRID": _list(_positive()), "DROPOUT": _fraction(), "RISE": _positive(),
+    "WIDE": _list(_int(1), sorted_=False),
 }
 
 
@@ -63,7 +68,8 @@ def _train(s):
 
 def _batches_split(s):
     """Every (training-set size, batch size) pair the notebook trains or recomputes statistics with."""
-    return [(TRAIN_IMAGES, s["BATCH_SIZE"]), (_train(s), s["BATCH_SIZE"]), (s["CHECK_SIZE"], s["BATCH_SIZE"])]
+    return [(TRAIN_IMAGES, s["BATCH_SIZE"]), (_train(s), s["BATCH_SIZE"]), (s["CHECK_SIZE"], s["BATCH_SIZE"]),
+            (s["OVERFIT_SIZE"], s["BATCH_SIZE"])] + [(s["SUBSET"], b) for b in s["BATCHES"]]
 
 
 RELATIONS = (  # settings that must agree with each other: (holds(settings), what to fix)
@@ -89,6 +95,16 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
     (lambda s: {4, s["EVAL_BATCH"], 10_000} <= set(s["TEST_BATCH_SIZES"]),
      "TEST_BATCH_SIZES must include 4, EVAL_BATCH and 10000 (the evaluation-pitfall rows read them)"),
     (lambda s: s["CHECK_SIZE"] <= _train(s), f"CHECK_SIZE must fit in the training split ({TRAIN_IMAGES:,} − VAL_SIZE)"),
+    (lambda s: s["BATCH_SIZE"] in s["BATCHES"] and len(s["BATCHES"]) >= 2,
+     "BATCHES must hold BATCH_SIZE and one more (8.1 compares every batch size with the reference's)"),
+    (lambda s: max(s["SUBSET"], s["OVERFIT_SIZE"]) <= _train(s) and s["OVERFIT_VAL"] <= s["VAL_SIZE"],
+     "SUBSET and OVERFIT_SIZE must fit in the training split, OVERFIT_VAL in the validation split"),
+    (lambda s: all(math.gcd(g, max(s["BATCHES"])) >= 2 and math.gcd(g, s["SUBSET"] % max(s["BATCHES"])
+                                                                     or max(s["BATCHES"])) >= 2 for g in s["GHOSTS"]),
+     "every ghost batch size must split the largest batch (and the last, short one) into groups of 2 or more"),
+    (lambda s: s["SMALL_FINALISTS"] <= s["SCREEN_RATES"] <= len(s["BATCH_GRID"])
+     and s["FIRST_SEEDS"] <= s["SMALL_MAX_SEEDS"] <= BLOCK_TUNING and len(s["WIDE"]) >= 1,
+     "SMALL_FINALISTS ≤ SCREEN_RATES ≤ len(BATCH_GRID), FIRST_SEEDS ≤ SMALL_MAX_SEEDS, WIDE one width or more"),
 )
 
 

@@ -24,6 +24,8 @@ class Arch:
     groups: int = 4            # GroupNorm: groups of units per layer
     ghost: int = 16            # ghost BatchNorm: samples per statistics group
     noise: float = 1.0         # noisy BatchNorm: how far each unit's noise distribution moves per step
+    dropout_before_norm: bool = False  # a Run's dropout between each hidden Linear and its normalisation (where Li
+                                       # et al. 2019 find a variance shift) instead of after the ReLU
 
     @property
     def label(self):
@@ -38,7 +40,8 @@ class Run:
     lr: float = 0.001
     momentum: float = 0.0      # SGD only, PyTorch's convention: buf = momentum * buf + grad; 0 is plain SGD
     weight_decay: float = 0.0  # L2, added to the gradient as torch.optim does
-    dropout: float = 0.0       # after every hidden ReLU (and after its normalisation, if that sits after the ReLU)
+    dropout: float = 0.0       # after every hidden ReLU (and after its normalisation, if that sits after the ReLU);
+                               # with arch.dropout_before_norm, between each hidden Linear and its normalisation
     init_scale: float = 1.0    # multiplies the default init of every Linear, weights and biases
     he_init: bool = False      # He init (kaiming_normal_, fan_in, relu) with zero biases instead of the default
     arch: Arch = Arch()
@@ -69,11 +72,15 @@ class MLP(nn.Module):
     def __init__(self, arch=Arch(), dropout=0.0):
         super().__init__()
         norm, widths, layers = norm_of(arch), (784, *arch.hidden), []
+        if arch.dropout_before_norm and not (norm.normalises and not norm.after_relu):
+            raise ValueError("dropout before the normalisation needs a normalisation between the Linear and the ReLU")
         for i, (f_in, f_out) in enumerate(zip(widths, widths[1:])):
             layers.append(nn.Linear(f_in, f_out))
+            if dropout and arch.dropout_before_norm:
+                layers.append(CounterDropout(dropout, stream=DROPOUT_STREAM + i))
             block = [nn.ReLU()] + ([norm.module(arch, f_out, i)] if norm.normalises else [])
             layers += block if norm.after_relu else block[::-1]
-            if dropout:
+            if dropout and not arch.dropout_before_norm:
                 layers.append(CounterDropout(dropout, stream=DROPOUT_STREAM + i))
         layers.append(nn.Linear(widths[-1], 10))
         self.layers = nn.Sequential(*layers)

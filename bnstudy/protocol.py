@@ -133,8 +133,8 @@ class Protocol:
         dropped: {name: sweep [rates, seeds, ...]} (validation accuracy and loss after the last epoch)."""
         named = {name: grid_runs(self.tuning_seeds, rates, arch, **settings)
                  for name, (arch, rates, settings) in grids.items()}
-        parts = self.train(description, named, without(data, "test"), epochs, evaluate=("val",), every_epoch=False,
-                           **options)
+        options.setdefault("every_epoch", False)
+        parts = self.train(description, named, without(data, "test"), epochs, evaluate=("val",), **options)
         return {name: by_rate(parts[name].history, len(grids[name][1])) for name in grids}
 
     def report(self, description, named_runs, data, epochs, **options):
@@ -166,6 +166,42 @@ def extend_grid(rates, means, drop, limits, step=10 ** 0.5):
         if any(near) and inside(beyond):
             add.append(float(f"{beyond:.3g}"))   # half-decade rates as written: 10, 0.0003, ...
     return add
+
+
+@dataclass
+class Tuned:
+    """What `tune_coarse_to_fine` returns: the screened rates, each model's screen [rates, tuning seeds] and its
+    finalists' validation accuracy [finalists, tuning seeds] (points), and each rule's pick {rule: {model: lr}}."""
+    rates: list
+    screen: dict
+    finalists: dict
+    fine: dict
+    pick: dict
+
+
+def tune_coarse_to_fine(protocol, description, models, data, grid, screen_epochs, epochs, finalists, drop, limits,
+                        fail_below, **options):
+    """The lr grid's tuning for other regimes: a screen of `grid` after `screen_epochs` on the tuning seeds, extended
+    by `extend_grid` (a mean below `fail_below` points counts as failed), then each model's best `finalists` rates
+    at `epochs`, and each rule of PICKS on them. models: {name: (Arch, Run settings)}."""
+    screened, acc, new = [], {n: [] for n in models}, list(grid)
+    while new:
+        swept = protocol.tune(f"{description} · screen, {len(new)} rates",
+                              {n: (a, new, o) for n, (a, o) in models.items()}, data, screen_epochs, **options)
+        screened += new
+        for n, sweep in swept.items():
+            acc[n] += list(100 * np.nan_to_num(sweep["val_acc"][..., -1], nan=0.0))
+        order = np.argsort(screened)
+        rates = [screened[i] for i in order]
+        screen = {n: np.array(v)[order] for n, v in acc.items()}
+        means = {n: np.where(v.mean(1) >= fail_below, v.mean(1), np.nan) for n, v in screen.items()}
+        new = extend_grid(rates, means, drop, limits)
+    best = {n: sorted(rates[i] for i in np.argsort(-screen[n].mean(1))[:finalists]) for n in models}
+    fine = protocol.tune(f"{description} · finalists", {n: (a, best[n], o) for n, (a, o) in models.items()}, data,
+                         epochs, **options)
+    fine = {n: 100 * sweep["val_acc"][..., -1] for n, sweep in fine.items()}
+    pick = {rule: {n: best[n][choose(fine[n])] for n in models} for rule, choose in PICKS.items()}
+    return Tuned(rates, screen, best, fine, pick)
 
 
 class Reports:
@@ -214,6 +250,35 @@ class Reports:
         """The sequential design for a − b: its first `first` paired seeds give n, at most `maximum`."""
         seed_means, images = per_image(self.paired(a, b, first))
         return planned_seeds(seed_means, contrast, maximum=maximum, images=images)
+
+    def combined(self, pairs, n=None):
+        """The first pair's paired difference minus each further pair's, per seed and test image [n, images]: a
+        difference of differences such as [a(8) − a(64)] − [b(8) − b(64)] (n: the seeds all of them have)."""
+        n = n or min(self.n(key) for pair in pairs for key in pair)
+        first, *rest = [self.paired(a, b, n) for a, b in pairs]
+        return first - sum(rest) if rest else first
+
+    def decide_pairs(self, pairs, contrast, n=None):
+        seed_means, images = per_image(self.combined(pairs, n))
+        return decide(seed_means, contrast, images=images)
+
+    def top_up(self, plans, first, maximum, train):
+        """The sequential design over several primaries, plans {claim: (pairs, contrast)}: each primary's first
+        `first` seeds give its n (at most `maximum`); every condition it reads is trained up to that n by
+        `train(keys, start, stop)` (seeds start..stop − 1), one call per (start, stop). Returns {claim: n}."""
+        wanted, needs = {}, {}
+        for claim, (pairs, contrast) in plans.items():
+            seed_means, images = per_image(self.combined(pairs, first))
+            needs[claim] = planned_seeds(seed_means, contrast, maximum=maximum, images=images)
+            for key in {k for pair in pairs for k in pair}:
+                wanted[key] = max(wanted.get(key, first), needs[claim])
+        spans = {}
+        for key, n in wanted.items():
+            if n > self.n(key):
+                spans.setdefault((self.n(key), n), []).append(key)
+        for (start, stop), keys in sorted(spans.items()):
+            train(keys, start, stop)
+        return needs
 
 
 def bisect_edges(protocol, description, archs, seeds, data, bracket, factor, epochs, fails):

@@ -120,8 +120,12 @@ class StackedMLP:
         column = lambda attr, dtype=self.dtype: torch.tensor([getattr(r, attr) for r in self.runs],  # noqa: E731
                                                               dtype=dtype, device=self.device)
         self.lr = column("lr")   # the training step scales each model's loss by it; the probes step by it
-        self.dropout = column("dropout", torch.float64).view(self.K, 1, 1)
-        self.any_dropout = any(r.dropout for r in self.runs)  # a Python bool: no device read inside the loop
+        before = torch.tensor([r.arch.dropout_before_norm for r in self.runs], device=self.device).view(self.K, 1, 1)
+        rates = column("dropout", torch.float64).view(self.K, 1, 1)
+        self.dropout = torch.where(before, 0.0, rates)          # after the ReLU: the usual place
+        self.dropout_before = torch.where(before, rates, 0.0)   # between the Linear and its normalisation
+        self.any_dropout = any(r.dropout and not r.arch.dropout_before_norm for r in self.runs)  # Python bools: no
+        self.any_dropout_before = any(r.dropout and r.arch.dropout_before_norm for r in self.runs)  # device reads
         seeds = list(dict.fromkeys(r.seed for r in self.runs))
         self.seeds = seeds
         self.seed_column = torch.tensor(seeds, dtype=torch.int64, device=self.device).view(-1, 1, 1)
@@ -217,15 +221,19 @@ class StackedMLP:
             h[blk.rows] = blk.norm.forward(self.layer(i, blk), h[blk.rows], replace_draw(mode, self, blk))
         return h
 
-    def dropout_mask(self, i, h, step):
-        """Inverted-dropout multipliers [K, F, B] for hidden layer i: model k's mask is that of its seed at `step`."""
+    def dropout_mask(self, i, h, step, rates=None):
+        """Inverted-dropout multipliers [K, F, B] for hidden layer i: model k's mask is that of its seed at `step`
+        (rates: [K, 1, 1], default those after the ReLU; a rate of 0 keeps every unit)."""
+        rates = self.dropout if rates is None else rates
         _, index = feature_major_index(h.shape[1], h.shape[2], h.device)
         u = self.draws()(lambda seed: (counter_uniform(seed, step, DROPOUT_STREAM + i, index),))[0]
-        return (u >= self.dropout).to(h.dtype) / (1 - self.dropout).to(h.dtype)
+        return (u >= rates).to(h.dtype) / (1 - rates).to(h.dtype)
 
     def hidden_and_output(self, h, mode, relu_inputs=None):
         """From the first Linear's output h [K, F1, B] to the logits [K, 10, B]: norms, ReLUs, dropout, Linears."""
         for i in range(len(self.hidden)):
+            if mode.training and self.any_dropout_before:
+                h = h * self.dropout_mask(i, h, mode.step, self.dropout_before)
             h = self.normalise(i, h, mode, False)
             if relu_inputs is not None:
                 relu_inputs.append(h)
@@ -280,6 +288,9 @@ class StackedMLP:
         h, saved = inputs, []
         after_relu = any(blk.norm.after_relu for blk in self.blocks)
         for i in range(len(self.hidden)):
+            first = self.dropout_mask(i, h, mode.step, self.dropout_before) if self.any_dropout_before else None
+            if first is not None:
+                h = h * first
             u, before = self.train_normalise(i, h, mode, after_relu=False)
             a = torch.relu(u)
             # where the ReLU passes the gradient: its output > 0, the tensor the backward has just read (in cache),
@@ -289,7 +300,7 @@ class StackedMLP:
             mask = self.dropout_mask(i, a, mode.step) if self.any_dropout else None
             if mask is not None:
                 a = a * mask
-            saved.append((passes, before, after, mask, a))
+            saved.append((passes, before, after, mask, a, first))
             h = torch.baddbmm(self.b[i + 1][..., None], self.W[i + 1], a)
         return h, saved
 
@@ -349,7 +360,7 @@ class StackedMLP:
         d_gamma, d_beta = into[2 * L:2 * L + len(self.gamma)], into[2 * L + len(self.gamma):]
         g = d_logits
         for i in reversed(range(L)):
-            passes, before, after, mask, a = saved[i]
+            passes, before, after, mask, a, first = saved[i]
             torch.bmm(g, a.transpose(1, 2), out=d_W[i])
             torch.sum(g, 2, out=d_b[i])
             g = torch.bmm(self.W[i + 1].transpose(1, 2), g)
@@ -358,6 +369,8 @@ class StackedMLP:
             g = self.norm_backward(i, g, after, d_gamma, d_beta)
             g = torch.ops.aten.threshold_backward(g, passes, 0)   # the ReLU passes the gradient where it was > 0
             g = self.norm_backward(i, g, before, d_gamma, d_beta)
+            if first is not None:
+                g = g * first
         return g
 
     # -----------------------------------------------------------------------------------------------------------

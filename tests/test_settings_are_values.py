@@ -12,6 +12,8 @@ TINY = {  # a configuration that trains in under a minute on 2 cores; its findin
     "PROBE_SIZE": 500, "GRID": [0.01, 0.1, 1.0], "GRID_LIMITS": [0.003, 3.0], "FINALISTS": 2,
     "EDGE_BRACKET": [0.1, 10.0], "EDGE_FACTOR": 3.0, "CURVE_POINTS": 4, "CHECKPOINT_EPOCHS": [1], "DEPTHS": [2, 3],
     "TEST_BATCH_SIZES": [1, 4, 64, 10000], "LANDSCAPE_SIZE": 200, "HESSIAN_ITERATIONS": 4, "ACTIVATION_IMAGES": 200,
+    "BATCHES": [16, 64, 128], "SUBSET": 1000, "BATCH_GRID": [0.001, 0.01, 0.1, 1.0], "SCREEN_RATES": 3,
+    "SMALL_MAX_SEEDS": 3, "OVERFIT_SIZE": 500, "OVERFIT_EPOCHS": 3, "OVERFIT_VAL": 300, "WIDE": [128, 64],
 }
 
 
