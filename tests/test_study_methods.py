@@ -256,3 +256,47 @@ def test_noisy_batchnorm_noise_has_mean_scale_one_and_mean_shift_zero():
     z = torch.randn(scale.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert (z * scale + shift).pow(2).mean().item() == pytest.approx(1.58, abs=0.03)
     assert scale.std(0).mean() > 0.3 and (scale[1] - scale[0]).abs().mean() > 0.1   # it does move, step to step
+
+
+def fake_reports(n_seeds, keys, images=400, seed=0):
+    """Reports whose conditions hold random per-image correctness for seeds 0..n_seeds − 1 (no training)."""
+    from bnstudy.protocol import Reports
+    rng, reports = np.random.default_rng(seed), Reports(test=None)
+    for i, key in enumerate(keys):
+        reports.correct[key] = rng.random((n_seeds, images)) < 0.6 + 0.05 * i
+        reports.acc[key] = 100 * reports.correct[key].mean(1)
+        reports.seeds[key] = list(range(n_seeds))
+    return reports
+
+
+def test_a_difference_of_differences_is_per_seed_and_image_and_needs_paired_seeds():
+    keys = ["a8", "a64", "b8", "b64"]
+    r = fake_reports(6, keys)
+    c = {k: r.correct[k].astype(float) for k in keys}
+    expected = 100 * ((c["a8"] - c["a64"]) - (c["b8"] - c["b64"]))
+    np.testing.assert_allclose(r.combined([("a8", "a64"), ("b8", "b64")]), expected)
+    np.testing.assert_allclose(r.combined([("a8", "a64")], n=4), 100 * (c["a8"] - c["a64"])[:4])
+    r.seeds["b8"] = [9, *range(1, 6)]
+    with pytest.raises(ValueError, match="not paired"):
+        r.combined([("a8", "a64"), ("b8", "b64")])
+
+
+def test_the_sequential_design_over_several_primaries_trains_each_condition_once_to_its_largest_n():
+    from bnstudy.stats import Contrast, per_image, planned_seeds
+    keys = ["a", "b", "c", "d"]
+    r = fake_reports(10, keys)
+    r.acc["d"], r.correct["d"], r.seeds["d"] = (np.concatenate([v, v]) if k != "seeds" else v + list(range(10, 20))
+                                                for k, v in (("acc", r.acc["d"]), ("correct", r.correct["d"]),
+                                                             ("seeds", r.seeds["d"])))   # d already has 20 seeds
+    wide = Contrast("a − b", +1, 1.0, "test")
+    plans = {"one": ([("a", "b")], wide), "two": ([("a", "b"), ("c", "d")], wide)}
+    calls = []
+    needs = r.top_up(plans, 10, 20, lambda keys, start, stop: calls.append((sorted(keys), start, stop)))
+    for claim, (pairs, contrast) in plans.items():
+        seed_means, images = per_image(r.combined(pairs, 10))
+        assert needs[claim] == planned_seeds(seed_means, contrast, maximum=20, images=images)
+    trained = {k: (start, stop) for ks, start, stop in calls for k in ks}
+    assert "d" not in trained   # it has the seeds already
+    assert trained.get("a", (10, 10))[1] == max(needs.values()) and trained.get("c", (10, needs["two"]))[1] == needs["two"]
+    assert all(start == 10 for _, start, _ in calls) and len({k for ks, _, _ in calls for k in ks}) == sum(
+        len(ks) for ks, _, _ in calls)
