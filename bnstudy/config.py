@@ -104,7 +104,7 @@ RELATIONS = (  # settings that must agree with each other: (holds(settings), wha
      "every ghost batch size must split the largest batch (and the last, short one) into groups of 2 or more"),
     (lambda s: all(s["SUBSET"] % b == 0 for b in s["BATCHES"]) and s["OVERFIT_SIZE"] % s["BATCH_SIZE"] == 0,
      "every batch size must divide SUBSET, and BATCH_SIZE OVERFIT_SIZE: a short last batch gives BatchNorm a noisy "
-     "last step every epoch (on 5,000 images in batches of 64 it made BatchNorm's accuracy swing by 10 points)"),
+     "last step every epoch (on 5,000 images in batches of 64 it made BatchNorm's accuracy swing between epochs)"),
     (lambda s: s["SMALL_FINALISTS"] <= s["SCREEN_RATES"] <= len(s["BATCH_GRID"])
      and s["FIRST_SEEDS"] <= s["SMALL_MAX_SEEDS"] <= BLOCK_TUNING and len(s["WIDE"]) >= 1,
      "SMALL_FINALISTS ≤ SCREEN_RATES ≤ len(BATCH_GRID), FIRST_SEEDS ≤ SMALL_MAX_SEEDS, WIDE one width or more"),

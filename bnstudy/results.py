@@ -10,7 +10,7 @@ import PIL.Image
 from IPython.display import Image, Markdown, display
 
 from .norms import NORMS
-from .stats import (DECIDED, Contrast, ImageSampling, at_other_margins, decide, replication_probability,
+from .stats import (DECIDED, Contrast, ImageSampling, at_other_margins, decide, replication_probability, signed,
                     robustness)
 
 
@@ -132,8 +132,8 @@ def record_claim(verdicts, claim, primary, sensitivity=None, other="", section=(
     replication = replication_probability(primary)
     margins = at_other_margins(primary)   # a zero-width CI needs a finer measurement at any margin
     claimed = ("above " if c.direction > 0 else "below ") + ("1×" if c.ratio else "0")
-    verdict = primary.outcome + (" (the estimate sits on a margin edge)" if primary.outcome == "not resolved"
-                                 and primary.seeds_needed >= 10 ** 6 else "")
+    verdict = primary.outcome + (" (the test images' sampling alone spans the margin edge: more seeds cannot settle "
+                                 "it)" if primary.outcome == "not resolved" and primary.seeds_needed >= 10 ** 6 else "")
     others = "; ".join(f"{name}: {d.outcome}, {d.text()}" for name, d in sensitivity.items()) or "none run"
     columns = (claim.claim, claim.source, claim.regime, f"{c.what}; the claim predicts {claimed}",
                f"{primary.margin_text}: {c.why}", verdict, primary.text(), robust.text(), others,
@@ -149,7 +149,8 @@ def record_claim(verdicts, claim, primary, sensitivity=None, other="", section=(
                              "source_regime": claim.source_regime, "seen_before": claim.seen_before,
                              "disagreement": claim.disagreement, "finding": text}
     display(Markdown(f"**Verdict: {verdict}**, {robust.text()}; another seed set gives the same verdict with "
-                     f"probability {100 * replication:.0f} % (predictive simulation). {c.what}: {primary.text()} "
+                     f"probability {100 * replication:.0f} % (predictive simulation). {c.what}, where the claim "
+                     f"predicts {claimed}: {primary.text()} "
                      f"(margin {primary.margin_text}); at half and twice the margin: {margins[0.5]}, "
                      f"{margins[2.0]}." + "".join(f"\n- *{name}:* {d.outcome}, {d.text()}"
                                                   for name, d in sensitivity.items())
@@ -226,12 +227,13 @@ def decision_figure(rows, xlabel, title, margin, ratio=False, linthresh=None):
     for i, d in enumerate(rows.values()):
         ax.errorbar(d.estimate, i, xerr=[[d.estimate - d.low], [d.high - d.estimate]], fmt="o", ms=7, capsize=5,
                     color="black")
-        ax.annotate(f"{d.estimate:.2g}×" if ratio else f"{d.estimate:+.1f}", (d.estimate, i), xytext=(0, 7),
+        ax.annotate(f"{d.estimate:.2g}×" if ratio else signed(d.estimate), (d.estimate, i), xytext=(0, 7),
                     textcoords="offset points", ha="center", fontsize=8)
     no_effect = 1.0 if ratio else 0.0
     ax.axvline(no_effect, color="gray", lw=0.8)
     band = (1 / margin, margin) if ratio else (-margin, margin)
-    ax.axvspan(*band, color="gray", alpha=0.15, label=f"within the margin (± {margin:g}" + ("×)" if ratio else ")"))
+    ax.axvspan(*band, color="gray", alpha=0.15, label=f"within the margin (± {margin:g}" + ("×)" if ratio else
+                                                                                          f" point{'s' * (margin != 1)})"))
     if ratio:
         ax.set_xscale("log")
     elif linthresh:

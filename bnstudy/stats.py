@@ -9,6 +9,12 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=None)  # the power rule asks for many degrees of freedom, each once
+def signed(x, digits=1):
+    """x with its sign, '+0.0' for anything that rounds to zero (never '-0.0')."""
+    text = f"{x:+.{digits}f}"
+    return text.replace("-", "+") if float(text) == 0 else text
+
+
 def t_quantile(p, dof):
     """The p-quantile of Student's t with `dof` degrees of freedom (bisection on a numerically integrated CDF)."""
     scale = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
@@ -174,7 +180,7 @@ class Decision:
         undecided CI never reads as if it ended on the edge: −0.96, not −1.0, against a 1-point margin."""
         c = self.contrast
         edges = (c.margin, 1 / c.margin) if c.ratio else (c.margin, -c.margin)
-        show = (lambda x, d: f"{x:.{d + 2}g}") if c.ratio else (lambda x, d: f"{x:+.{d}f}")
+        show = (lambda x, d: f"{x:.{d + 2}g}") if c.ratio else (lambda x, d: signed(x, d))
         for d in range(digits, digits + 3):
             if not any(show(x, d) == show(e, d) and x != e for x in (self.low, self.high) for e in edges):
                 break
